@@ -1,0 +1,1 @@
+"""modelgates-relay: polls ModelGates video jobs and pushes signed webhooks."""

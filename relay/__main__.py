@@ -1,0 +1,5 @@
+"""Run the ``relay`` command with ``python -m relay``."""
+
+from relay.cli import main
+
+main()

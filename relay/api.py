@@ -1,0 +1,278 @@
+"""The HTTP API: registrations under ``/v1``, health checks, OpenAPI at ``/schema``."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from http import HTTPStatus
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from litestar import Litestar, Request, Response, Router, delete, get, post
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.enums import ScopeType
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    ValidationException,
+)
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from relay import keys as keyspace
+from relay import views
+from relay.errors import StoreUnavailableError
+from relay.registrations import InputError, new_registration_id, validate
+from relay.settings import Settings
+from relay.store import Store
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> Response[Any]:
+    """Build an RFC 9457 problem response."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    return Response(body | extra, status_code=status, media_type=PROBLEM_JSON)
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    extra: dict[str, Any] = {}
+    detail = exc.detail
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
+        extra["errors"] = exc.extra
+        messages = [
+            str(item.get("message")) for item in exc.extra if isinstance(item, dict)
+        ]
+        detail = "; ".join(messages) or detail
+    if exc.status_code == 413:
+        detail = "request body is larger than the limit; send a smaller body"
+    response = problem(exc.status_code, _title(exc.status_code), detail, **extra)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+def _input_error(request: Request[Any, Any, Any], exc: InputError) -> Response[Any]:
+    return problem(422, "Invalid registration", exc.message, field=exc.field)
+
+
+def _store_down(
+    request: Request[Any, Any, Any], exc: StoreUnavailableError
+) -> Response[Any]:
+    log.error("api.redis_unavailable", path=request.url.path, error=str(exc))
+    response = problem(
+        503, "Service Unavailable", "the relay cannot reach Redis; retry later"
+    )
+    response.headers["retry-after"] = "5"
+    return response
+
+
+def _title(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def require_token(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """Guard: reject requests without the configured bearer token."""
+    settings: Settings = connection.app.state.settings
+    header = connection.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    expected = settings.api_token.reveal().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), expected
+    ):
+        raise NotAuthorizedException(
+            detail="missing or invalid API token; send 'Authorization: Bearer <token>'",
+            headers={"www-authenticate": 'Bearer realm="relay"'},
+        )
+
+
+async def require_json(request: Request[Any, Any, Any]) -> None:
+    """Reject request bodies that are not declared as JSON."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise HTTPException(
+            status_code=415,
+            detail="content-type must be application/json, "
+            f"got {media_type or 'none'!r}",
+        )
+
+
+@post("/registrations", before_request=require_json, status_code=HTTP_201_CREATED)
+async def create_registration(
+    data: views.RegistrationCreate, state: State
+) -> Response[views.Registration]:
+    """Register a ModelGates job and the URL that receives its outcome.
+
+    The same job ID and callback URL again returns the existing registration
+    with 200 instead of 201.
+    """
+    settings: Settings = state.settings
+    store: Store = state.store
+    request = validate(
+        data.job_id, data.callback_url, data.events, data.metadata, settings
+    )
+    created, registration_id = await store.register(
+        new_registration_id(),
+        request,
+        keyspace.credential_id(settings.modelgates_api_key.reveal()),
+        settings.poll_first_delay_s,
+        settings.poll_deadline_s,
+    )
+    view = await views.registration_view(store, registration_id)
+    if view is None:
+        raise NotFoundException(detail="registration was deleted while being created")
+    log.info(
+        "registration.created" if created else "registration.reused",
+        registration_id=registration_id,
+        job_id=request.job_id,
+    )
+    return Response(view, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
+
+
+@get("/registrations/{registration_id:str}")
+async def read_registration(registration_id: str, state: State) -> views.Registration:
+    """Return a registration: its state, the last upstream answer and delivery."""
+    view = await views.registration_view(state.store, registration_id)
+    if view is None:
+        raise NotFoundException(detail=f"registration {registration_id!r} not found")
+    return view
+
+
+@get("/registrations/{registration_id:str}/attempts")
+async def list_attempts(registration_id: str, state: State) -> views.AttemptList:
+    """Return the newest delivery attempts of a registration's webhook."""
+    store: Store = state.store
+    registration = await store.registration(registration_id)
+    if registration is None:
+        raise NotFoundException(detail=f"registration {registration_id!r} not found")
+    attempts = await store.attempts(registration["event_id"], keyspace.ATTEMPTS_KEPT)
+    return views.AttemptList(
+        registration_id=registration_id,
+        event_id=registration["event_id"],
+        attempts=[views.attempt_view(row) for row in attempts],
+    )
+
+
+@delete("/registrations/{registration_id:str}")
+async def delete_registration(registration_id: str, state: State) -> None:
+    """Stop tracking; no webhook is sent for this registration afterwards."""
+    store: Store = state.store
+    registration = await store.registration(registration_id)
+    if registration is None or not await store.delete(registration):
+        raise NotFoundException(detail=f"registration {registration_id!r} not found")
+    log.info("registration.deleted", registration_id=registration_id)
+
+
+@get("/healthz", include_in_schema=True)
+async def healthz() -> dict[str, str]:
+    """Report that the process is alive."""
+    return {"status": "ok"}
+
+
+@get("/readyz")
+async def readyz(state: State) -> Response[dict[str, Any]]:
+    """Report whether Redis answers and its keyspace is at this code's version."""
+    store: Store = state.store
+    try:
+        version = await store.schema_version()
+    except StoreUnavailableError:
+        return Response(
+            {"status": "unavailable", "redis": "unreachable"}, status_code=503
+        )
+    if version != keyspace.SCHEMA_VERSION:
+        body = {
+            "status": "unavailable",
+            "schema": version,
+            "expected": keyspace.SCHEMA_VERSION,
+        }
+        return Response(body, status_code=503)
+    return Response({"status": "ok", "schema": version})
+
+
+def access_log(app: ASGIApp) -> ASGIApp:
+    """Middleware: one log line per HTTP request, without headers or query."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_wrapper)
+        finally:
+            log.info(
+                "http.request",
+                method=scope["method"],
+                path=scope["path"],
+                status_code=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+
+    return middleware
+
+
+def create_app(settings: Settings) -> Litestar:
+    """Build the Litestar app; Redis connects lazily on the first request."""
+    client = aioredis.Redis.from_url(
+        settings.redis_url, socket_timeout=5, socket_connect_timeout=2
+    )
+
+    async def close_redis() -> None:
+        await client.aclose()
+
+    v1 = Router(
+        path="/v1",
+        route_handlers=[
+            create_registration,
+            read_registration,
+            list_attempts,
+            delete_registration,
+        ],
+        guards=[require_token],
+        security=[{"bearer": []}],
+    )
+    return Litestar(
+        route_handlers=[v1, healthz, readyz],
+        state=State(
+            {"settings": settings, "store": Store(client, settings.key_prefix)}
+        ),
+        exception_handlers={
+            HTTPException: _http_error,
+            InputError: _input_error,
+            StoreUnavailableError: _store_down,
+        },
+        middleware=[access_log],
+        request_max_body_size=settings.max_body_bytes,
+        on_shutdown=[close_redis],
+        openapi_config=OpenAPIConfig(
+            title="modelgates-relay",
+            version="1",
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(type="http", scheme="bearer")
+                }
+            ),
+        ),
+        logging_config=None,
+    )

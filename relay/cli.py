@@ -1,0 +1,142 @@
+"""The ``relay`` command: api, worker, migrate, simulate, dev, demo, secret."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import redis
+import structlog
+
+import migrations
+from relay import logs
+from relay.errors import RelayError
+from relay.keys import Keys
+from relay.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def _api(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from relay.api import create_app
+
+    settings.require_api()
+    _check_schema(settings)
+    log.info("api.starting", host=settings.api_host, port=settings.api_port)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+    )
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> None:
+    from workers.main import run_worker
+
+    run_worker(settings, burst=args.burst)
+
+
+def _migrate(settings: Settings, args: argparse.Namespace) -> None:
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    keys = Keys(settings.key_prefix)
+    applied = migrations.migrate(client, keys)
+    version = migrations.applied_version(client, keys)
+    log.info(
+        "migrate.finished", applied=[step.version for step in applied], version=version
+    )
+
+
+def _simulate(settings: Settings, args: argparse.Namespace) -> None:
+    from relay import simulator
+
+    api_key = settings.modelgates_api_key.reveal()
+    if not api_key:
+        raise RelayError("MODELGATES_API_KEY must be set: the simulator checks it")
+    simulator.serve(args.host, args.port, api_key)
+
+
+def _dev(settings: Settings, args: argparse.Namespace) -> None:
+    from relay import dev
+
+    dev.run(args.port)
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> None:
+    from relay import demo
+
+    sys.exit(demo.run())
+
+
+def _secret(settings: Settings, args: argparse.Namespace) -> None:
+    from relay.signing import generate_secret
+
+    print(generate_secret())
+
+
+def _check_schema(settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    try:
+        migrations.check(client, Keys(settings.key_prefix))
+    finally:
+        client.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``relay`` command."""
+    parser = argparse.ArgumentParser(
+        prog="relay",
+        description="Poll ModelGates video jobs and deliver signed webhooks.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("api", help="serve the HTTP API").set_defaults(run=_api)
+    worker = commands.add_parser("worker", help="run an RQ worker and dispatcher")
+    worker.add_argument(
+        "--burst", action="store_true", help="exit when queues are empty"
+    )
+    worker.set_defaults(run=_worker)
+    commands.add_parser("migrate", help="apply Redis keyspace migrations").set_defaults(
+        run=_migrate
+    )
+    simulate = commands.add_parser("simulate", help="serve a ModelGates simulator")
+    simulate.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    simulate.add_argument("--port", type=int, default=8090, help="port to listen on")
+    simulate.set_defaults(run=_simulate)
+    dev = commands.add_parser(
+        "dev", help="run Redis, the simulator, the API and a worker together"
+    )
+    dev.add_argument("--port", type=int, default=8000, help="port of the API")
+    dev.set_defaults(run=_dev)
+    commands.add_parser(
+        "demo", help="walk through every outcome and verify each webhook"
+    ).set_defaults(run=_demo)
+    commands.add_parser(
+        "secret", help="print a new whsec_ signing secret"
+    ).set_defaults(run=_secret)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the ``relay`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        logs.configure(settings.log_format, settings.log_level)
+        args.run(settings, args)
+    except RelayError as exc:
+        print(f"relay {args.command}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except redis.ConnectionError as exc:
+        print(
+            f"relay {args.command}: error: cannot reach Redis at REDIS_URL "
+            f"({type(exc).__name__}); start Redis or fix REDIS_URL",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,31 @@
+"""Exceptions the relay raises, in one small tree.
+
+RelayError
+├── SettingsError        invalid environment variables; stops start-up
+├── SchemaError          Redis keyspace missing or newer than this code
+├── StoreUnavailableError Redis unreachable or timing out
+└── UpstreamError        a ModelGates answer the relay cannot use
+
+Third-party errors (redis, httpx) are translated into these at the module that
+talks to them, with ``raise ... from exc`` so the cause stays in tracebacks.
+"""
+
+
+class RelayError(Exception):
+    """Base class of every error the relay raises on purpose."""
+
+
+class SettingsError(RelayError):
+    """An environment variable is missing or invalid."""
+
+
+class SchemaError(RelayError):
+    """The Redis keyspace is not at the version this code expects."""
+
+
+class StoreUnavailableError(RelayError):
+    """Redis could not be reached or did not answer in time."""
+
+
+class UpstreamError(RelayError):
+    """ModelGates returned something the relay cannot interpret."""

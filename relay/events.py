@@ -1,0 +1,55 @@
+"""Webhook bodies: built once per registration when its job ends, then stored."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+EVENT_FOR_STATUS = {
+    "completed": "video.completed",
+    "failed": "video.failed",
+    "cancelled": "video.cancelled",
+    "expired": "video.expired",
+}
+TRACKING_FAILED = "video.tracking_failed"
+
+
+def rfc3339_ms(epoch_ms: int) -> str:
+    """Format epoch milliseconds as RFC 3339 UTC, e.g. ``2026-01-02T03:04:05.678Z``."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+def build_body(
+    event_type: str,
+    registration: dict[str, str],
+    snapshot: dict[str, Any],
+    polls: int,
+    reason: str,
+    detected_at_ms: int,
+) -> bytes:
+    """Serialize one event's body; these exact bytes are signed on every attempt."""
+    data: dict[str, Any] = {
+        "registration_id": registration["id"],
+        "job_id": registration["job_id"],
+        "status": snapshot.get("status"),
+        "generation_id": snapshot.get("generation_id"),
+        "unsigned_urls": snapshot.get("unsigned_urls", []),
+        "usage": snapshot.get("usage"),
+        "error": snapshot.get("error"),
+        "metadata": json.loads(registration.get("metadata") or "{}"),
+        "relay": {
+            "registered_at": rfc3339_ms(int(registration["created_at_ms"])),
+            "detected_at": rfc3339_ms(detected_at_ms),
+            "polls": polls,
+        },
+    }
+    if event_type == TRACKING_FAILED:
+        data["reason"] = reason
+    document = {
+        "type": event_type,
+        "timestamp": rfc3339_ms(detected_at_ms),
+        "data": data,
+    }
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()

@@ -1,0 +1,80 @@
+"""Every Redis key the relay uses, built in one place under a prefix.
+
+| key                         | type   | contains                                   |
+| --------------------------- | ------ | ------------------------------------------ |
+| schema                      | string | keyspace version applied by `relay migrate` |
+| reg:{id}                    | hash   | one registration                           |
+| idx:dedupe:{digest}         | string | registration ID for (job ID, callback URL) |
+| tracker:{cred}:{job}        | hash   | one upstream job as polled                 |
+| tracker:{cred}:{job}:regs   | set    | registration IDs the tracker serves        |
+| schedule:poll               | zset   | tracker ID -> next due time (Redis clock)  |
+| event:{id}                  | hash   | one webhook to one callback                |
+| schedule:deliver            | zset   | event ID -> next attempt due time          |
+| attempts:{event}            | list   | newest delivery attempts first, capped     |
+
+A tracker ID is ``{cred}:{job}``: ``cred`` is a short digest of the ModelGates
+key, so the key itself is never stored, and two registrations of one job under
+one key share a tracker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+ATTEMPTS_KEPT = 50
+RQ_POLL_QUEUE = "relay-poll"
+RQ_DELIVER_QUEUE = "relay-deliver"
+
+
+def credential_id(api_key: str) -> str:
+    """Return a stable, non-reversible name for a ModelGates key."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
+def dedupe_digest(tenant: str, job_id: str, callback_url: str) -> str:
+    """Return the digest that makes registrations idempotent."""
+    material = "\0".join((tenant, job_id, callback_url)).encode()
+    return hashlib.sha256(material).hexdigest()
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Builds the relay's Redis keys under one prefix."""
+
+    prefix: str = "relay:"
+
+    @property
+    def schema(self) -> str:
+        return f"{self.prefix}schema"
+
+    @property
+    def poll_schedule(self) -> str:
+        return f"{self.prefix}schedule:poll"
+
+    @property
+    def deliver_schedule(self) -> str:
+        return f"{self.prefix}schedule:deliver"
+
+    def registration(self, registration_id: str) -> str:
+        return f"{self.prefix}reg:{registration_id}"
+
+    def dedupe(self, digest: str) -> str:
+        return f"{self.prefix}idx:dedupe:{digest}"
+
+    def tracker(self, tracker_id: str) -> str:
+        return f"{self.prefix}tracker:{tracker_id}"
+
+    def tracker_registrations(self, tracker_id: str) -> str:
+        return f"{self.prefix}tracker:{tracker_id}:regs"
+
+    def event(self, event_id: str) -> str:
+        return f"{self.prefix}event:{event_id}"
+
+    def attempts(self, event_id: str) -> str:
+        return f"{self.prefix}attempts:{event_id}"
+
+    def tracker_id(self, cred: str, job_id: str) -> str:
+        """Return the schedule member that names one upstream job."""
+        return f"{cred}:{job_id}"

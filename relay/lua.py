@@ -1,0 +1,163 @@
+"""Lua scripts that change several keys at once, so no change is half written.
+
+Every script reads the clock with Redis ``TIME``, so schedule scores come from
+one clock however far the workers' own clocks drift apart.
+"""
+
+# Shared prelude: the server's time in seconds and milliseconds.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now_ms = math.floor(now * 1000)
+"""
+
+# KEYS: dedupe, registration, tracker, tracker registrations, poll schedule
+# ARGV: registration ID, tracker ID, first delay s, deadline s, then field pairs
+REGISTER = (
+    _NOW
+    + """
+local existing = redis.call('GET', KEYS[1])
+if existing then return {0, existing} end
+redis.call('SET', KEYS[1], ARGV[1])
+local fields = {'created_at_ms', now_ms, 'updated_at_ms', now_ms}
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[2], unpack(fields))
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('HSET', KEYS[3], 'tracker_id', ARGV[2], 'polls', 0, 'errors', 0,
+    'interval_s', ARGV[3], 'created_at_ms', now_ms,
+    'deadline_ms', now_ms + math.floor(tonumber(ARGV[4]) * 1000))
+  redis.call('ZADD', KEYS[5], now + tonumber(ARGV[3]), ARGV[2])
+end
+redis.call('SADD', KEYS[4], ARGV[1])
+return {1, ARGV[1]}
+"""
+)
+
+# KEYS: schedule
+# ARGV: max members, lease s
+# Returns the seconds until the next member is due (or -1), then the members.
+CLAIM = (
+    _NOW
+    + """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])
+local lease = tonumber(ARGV[2])
+for _, member in ipairs(due) do
+  redis.call('ZADD', KEYS[1], now + lease, member)
+end
+local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local wait = -1
+if head[2] then wait = math.max(0, tonumber(head[2]) - now) end
+local out = {tostring(wait)}
+for _, member in ipairs(due) do out[#out + 1] = member end
+return out
+"""
+)
+
+# KEYS: tracker, poll schedule
+# ARGV: tracker ID, delay s, then field pairs
+# A tracker that was deleted meanwhile stays deleted.
+TRACKER_UPDATE = (
+    _NOW
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+local fields = {'last_polled_at_ms', now_ms}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('HINCRBY', KEYS[1], 'polls', 1)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+return 1
+"""
+)
+
+# KEYS: tracker, tracker registrations, poll schedule, deliver schedule,
+#       then for each registration: its key and its event's key
+# ARGV: tracker ID, event type, snapshot JSON, polls, reason, n,
+#       then for each registration: ID, event ID ('' when filtered out), body
+# Returns -1 when a registration joined since the caller read the set, so the
+# caller reads again; otherwise the number of events created.
+TRACKER_FINISH = (
+    _NOW
+    + """
+local n = tonumber(ARGV[6])
+local given = {}
+for i = 0, n - 1 do given[ARGV[7 + i * 3]] = true end
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if not given[member] then return -1 end
+end
+local created = 0
+for i = 0, n - 1 do
+  local reg_key = KEYS[5 + i * 2]
+  local event_key = KEYS[6 + i * 2]
+  local reg_id = ARGV[7 + i * 3]
+  local event_id = ARGV[8 + i * 3]
+  if redis.call('HGET', reg_key, 'state') == 'tracking' then
+    local state = 'filtered'
+    if event_id ~= '' then
+      state = 'delivering'
+      redis.call('HSET', event_key, 'id', event_id, 'registration_id', reg_id,
+        'callback_url', redis.call('HGET', reg_key, 'callback_url'),
+        'type', ARGV[2], 'body', ARGV[9 + i * 3], 'attempts', 0,
+        'state', 'pending', 'created_at_ms', now_ms)
+      redis.call('ZADD', KEYS[4], now, event_id)
+      created = created + 1
+    end
+    redis.call('HSET', reg_key, 'state', state, 'event_id', event_id,
+      'event_type', ARGV[2], 'snapshot', ARGV[3], 'polls', ARGV[4],
+      'reason', ARGV[5], 'finished_at_ms', now_ms, 'updated_at_ms', now_ms)
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return created
+"""
+)
+
+# KEYS: event, registration, deliver schedule, attempts
+# ARGV: event ID, attempt JSON, outcome (delivered|retry|exhausted|gone),
+#       delay s, attempts kept
+# Only a pending event changes, so a late or repeated attempt cannot undo a
+# delivery or revive a deleted registration's event.
+EVENT_RECORD = (
+    _NOW
+    + """
+if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return 0
+end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'last_attempt_at_ms', now_ms)
+redis.call('LPUSH', KEYS[4], ARGV[2])
+redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[5]) - 1)
+local outcome = ARGV[3]
+if outcome == 'retry' then
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
+  return 1
+end
+redis.call('HSET', KEYS[1], 'state', outcome, 'finished_at_ms', now_ms)
+redis.call('ZREM', KEYS[3], ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HSET', KEYS[2], 'state', outcome, 'updated_at_ms', now_ms)
+end
+return 1
+"""
+)
+
+# KEYS: dedupe, registration, tracker, tracker registrations, poll schedule,
+#       event, deliver schedule, attempts
+# ARGV: registration ID, tracker ID, event ID
+# Removes a registration and its event; its tracker goes too when no
+# registration is left.
+DELETE = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[6], KEYS[8])
+redis.call('ZREM', KEYS[7], ARGV[3])
+redis.call('SREM', KEYS[4], ARGV[1])
+if redis.call('SCARD', KEYS[4]) == 0 then
+  redis.call('DEL', KEYS[3])
+  redis.call('ZREM', KEYS[5], ARGV[2])
+end
+return 1
+"""

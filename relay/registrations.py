@@ -1,0 +1,174 @@
+"""Registration input rules, identifiers and the shape shown to clients."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from relay import url_safety
+from relay.settings import Settings
+
+EVENT_TYPES = (
+    "video.completed",
+    "video.failed",
+    "video.cancelled",
+    "video.expired",
+    "video.tracking_failed",
+)
+MAX_JOB_ID_CHARS = 256
+MAX_CALLBACK_URL_CHARS = 2048
+
+# Characters that could change the upstream path once the job ID is placed in
+# ``/api/v1/videos/{job_id}``, even after percent-encoding by a careless proxy.
+_FORBIDDEN_IN_JOB_ID = ("/", "\\", "?", "#", "%")
+_PRINTABLE_ASCII = frozenset(string.ascii_letters + string.digits + string.punctuation)
+
+
+class InputError(ValueError):
+    """A client's request broke one rule; ``field`` names where."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class NewRegistration:
+    """A registration request that passed every rule."""
+
+    job_id: str
+    callback_url: str
+    events: tuple[str, ...]
+    metadata_json: str
+
+
+def new_registration_id() -> str:
+    """Return a random registration ID such as ``reg_3kTMd…``."""
+    return "reg_" + secrets.token_urlsafe(18)
+
+
+def event_id_for(registration_id: str) -> str:
+    """Return the one event ID (the ``webhook-id``) of a registration."""
+    return "msg_" + registration_id.removeprefix("reg_")
+
+
+def validate(
+    job_id: str,
+    callback_url: str,
+    events: list[str] | None,
+    metadata: dict[str, Any] | None,
+    settings: Settings,
+) -> NewRegistration:
+    """Check a registration request and return it normalized, or raise InputError."""
+    return NewRegistration(
+        job_id=check_job_id(job_id),
+        callback_url=check_callback_url(callback_url, settings),
+        events=check_events(events),
+        metadata_json=check_metadata(metadata, settings.max_metadata_bytes),
+    )
+
+
+def check_job_id(job_id: str) -> str:
+    """Return ``job_id`` if it is safe to place in the upstream path."""
+    if not job_id:
+        raise InputError("job_id", "job_id must not be empty")
+    if len(job_id) > MAX_JOB_ID_CHARS:
+        raise InputError(
+            "job_id",
+            f"job_id must be at most {MAX_JOB_ID_CHARS} characters, got {len(job_id)}",
+        )
+    for forbidden in _FORBIDDEN_IN_JOB_ID:
+        if forbidden in job_id:
+            raise InputError(
+                "job_id", f"job_id must not contain {forbidden!r}, got {job_id!r}"
+            )
+    if ".." in job_id or job_id == ".":
+        raise InputError(
+            "job_id", f"job_id must not contain '..' or be '.', got {job_id!r}"
+        )
+    if not set(job_id) <= _PRINTABLE_ASCII:
+        raise InputError(
+            "job_id",
+            "job_id must contain only printable ASCII without whitespace or "
+            f"control characters, got {job_id!r}",
+        )
+    return job_id
+
+
+def check_callback_url(url: str, settings: Settings) -> str:
+    """Return ``url`` if it is an absolute http(s) URL the relay may call."""
+    if not url:
+        raise InputError("callback_url", "callback_url must not be empty")
+    if len(url) > MAX_CALLBACK_URL_CHARS:
+        raise InputError(
+            "callback_url",
+            f"callback_url must be at most {MAX_CALLBACK_URL_CHARS} characters, "
+            f"got {len(url)}",
+        )
+    if any(char.isspace() or not char.isprintable() for char in url):
+        raise InputError(
+            "callback_url",
+            "callback_url must not contain whitespace or control characters",
+        )
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - the property raises ValueError on a bad port
+    except ValueError:
+        raise InputError("callback_url", "callback_url is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(
+            "callback_url",
+            "callback_url must be an absolute http:// or https:// URL, "
+            f"got scheme {parts.scheme!r}",
+        )
+    if "@" in parts.netloc:
+        raise InputError(
+            "callback_url",
+            "callback_url must not carry credentials (user:password@); "
+            "verify webhooks by their signature instead",
+        )
+    if parts.fragment or url.endswith("#"):
+        raise InputError("callback_url", "callback_url must not have a #fragment")
+    reason = url_safety.blocked_host_reason(
+        parts.hostname, settings.callback_allow_cidrs
+    )
+    if reason:
+        raise InputError("callback_url", f"callback_url host is not allowed: {reason}")
+    return url
+
+
+def check_events(events: list[str] | None) -> tuple[str, ...]:
+    """Return the event filter, every event when none is given."""
+    if events is None:
+        return EVENT_TYPES
+    if not events:
+        raise InputError(
+            "events", "events must list at least one event, or be left out for all"
+        )
+    for name in events:
+        if name not in EVENT_TYPES:
+            raise InputError(
+                "events",
+                f"events contains unknown event {name!r}; "
+                f"known events: {', '.join(EVENT_TYPES)}",
+            )
+    return tuple(dict.fromkeys(events))
+
+
+def check_metadata(metadata: dict[str, Any] | None, max_bytes: int) -> str:
+    """Return ``metadata`` as compact JSON if it fits in ``max_bytes``."""
+    encoded = json.dumps(
+        metadata or {}, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+    )
+    size = len(encoded.encode())
+    if size > max_bytes:
+        raise InputError(
+            "metadata",
+            f"metadata must be at most {max_bytes} bytes as JSON, got {size}",
+        )
+    return encoded

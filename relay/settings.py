@@ -1,0 +1,265 @@
+"""Settings read from environment variables, validated once at start-up."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from relay.errors import SettingsError
+
+DEFAULT_RETRY_SCHEDULE_S = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+SIGNING_SECRET_PREFIX = "whsec_"  # noqa: S105 - a fixed prefix, not a secret
+
+
+class Secret:
+    """A string that shows as asterisks in reprs, logs and tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """Return the secret itself, for the one place that must send it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of the relay; see the README for each variable."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "relay:"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_token: Secret = field(default_factory=lambda: Secret(""))
+    signing_secrets: tuple[Secret, ...] = ()
+    modelgates_base_url: str = ""
+    modelgates_api_key: Secret = field(default_factory=lambda: Secret(""))
+
+    poll_first_delay_s: float = 5.0
+    poll_factor: float = 1.5
+    poll_max_interval_s: float = 30.0
+    poll_jitter: float = 0.1
+    poll_deadline_s: float = 3 * 3600.0
+    poll_max_errors: int = 5
+    poll_timeout_s: float = 10.0
+
+    delivery_timeout_s: float = 15.0
+    delivery_retry_schedule_s: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE_S
+    delivery_jitter: float = 0.2
+
+    callback_allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    batch_size: int = 100
+    lease_s: float = 60.0
+    max_body_bytes: int = 64 * 1024
+    max_metadata_bytes: int = 4 * 1024
+    log_format: str = "auto"
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``)."""
+        env = _Reader(os.environ if environ is None else environ)
+        settings = cls(
+            redis_url=env.text("REDIS_URL", cls.redis_url),
+            key_prefix=env.text("RELAY_KEY_PREFIX", cls.key_prefix),
+            api_host=env.text("RELAY_API_HOST", cls.api_host),
+            api_port=env.integer("RELAY_API_PORT", cls.api_port, low=1, high=65535),
+            api_token=Secret(env.text("RELAY_API_TOKEN", "")),
+            signing_secrets=_signing_secrets(env.text("RELAY_SIGNING_SECRET", "")),
+            modelgates_base_url=_base_url(env.text("MODELGATES_BASE_URL", "")),
+            modelgates_api_key=Secret(env.text("MODELGATES_API_KEY", "")),
+            poll_first_delay_s=env.number("RELAY_POLL_FIRST_DELAY_S", 5.0, low=0),
+            poll_factor=env.number("RELAY_POLL_FACTOR", 1.5, low=1),
+            poll_max_interval_s=env.number("RELAY_POLL_MAX_INTERVAL_S", 30.0, low=0.01),
+            poll_jitter=env.number("RELAY_POLL_JITTER", 0.1, low=0, high=0.5),
+            poll_deadline_s=env.number("RELAY_POLL_DEADLINE_S", 10800.0, low=1),
+            poll_max_errors=env.integer("RELAY_POLL_MAX_ERRORS", 5, low=1),
+            poll_timeout_s=env.number("RELAY_POLL_TIMEOUT_S", 10.0, low=0.1),
+            delivery_timeout_s=env.number("RELAY_DELIVERY_TIMEOUT_S", 15.0, low=0.1),
+            delivery_retry_schedule_s=env.schedule(
+                "RELAY_DELIVERY_RETRY_SCHEDULE_S", DEFAULT_RETRY_SCHEDULE_S
+            ),
+            delivery_jitter=env.number("RELAY_DELIVERY_JITTER", 0.2, low=0, high=0.5),
+            callback_allow_cidrs=env.networks("RELAY_CALLBACK_ALLOW_CIDRS"),
+            batch_size=env.integer("RELAY_BATCH_SIZE", 100, low=1, high=10000),
+            lease_s=env.number("RELAY_LEASE_S", 60.0, low=1),
+            max_body_bytes=env.integer("RELAY_MAX_BODY_BYTES", 65536, low=1024),
+            max_metadata_bytes=env.integer("RELAY_MAX_METADATA_BYTES", 4096, low=2),
+            log_format=env.choice(
+                "RELAY_LOG_FORMAT", "auto", ("auto", "json", "console")
+            ),
+            log_level=env.choice(
+                "RELAY_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")
+            ),
+        )
+        settings._check_lease()
+        return settings
+
+    def require_api(self) -> None:
+        """Raise SettingsError unless the API's own settings are present."""
+        if len(self.api_token.reveal()) < 16:
+            raise SettingsError(
+                "RELAY_API_TOKEN must be set to a random string of at least "
+                "16 characters; clients send it as 'Authorization: Bearer <token>'"
+            )
+
+    def require_worker(self) -> None:
+        """Raise SettingsError unless the worker's own settings are present."""
+        if not self.signing_secrets:
+            raise SettingsError(
+                "RELAY_SIGNING_SECRET must be set to 'whsec_' followed by the "
+                "base64 of 24 to 64 random bytes"
+            )
+        if not self.modelgates_base_url:
+            raise SettingsError(
+                "MODELGATES_BASE_URL must be set to the ModelGates API origin, "
+                "for example 'https://<host>' without the '/api/v1' path"
+            )
+        if not self.modelgates_api_key:
+            raise SettingsError("MODELGATES_API_KEY must be set to a ModelGates key")
+
+    def _check_lease(self) -> None:
+        longest_s = max(self.poll_timeout_s, self.delivery_timeout_s)
+        if self.lease_s <= longest_s * 2:
+            raise SettingsError(
+                f"RELAY_LEASE_S must exceed twice the longest request timeout "
+                f"({longest_s:g} s) so a live worker keeps its claim, got "
+                f"{self.lease_s:g}"
+            )
+
+
+class _Reader:
+    """Parses typed values out of an environment mapping, naming the variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def text(self, name: str, default: str) -> str:
+        return self._environ.get(name, "").strip() or default
+
+    def number(
+        self, name: str, default: float, low: float, high: float | None = None
+    ) -> float:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+        _check_range(name, value, low, high)
+        return value
+
+    def integer(
+        self, name: str, default: int, low: int, high: int | None = None
+    ) -> int:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+        _check_range(name, value, low, high)
+        return value
+
+    def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:
+        value = self._environ.get(name, "").strip() or default
+        if name == "RELAY_LOG_LEVEL":
+            value = value.upper()
+        if value not in options:
+            raise SettingsError(
+                f"{name} must be one of {', '.join(options)}, got {value!r}"
+            )
+        return value
+
+    def schedule(self, name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            delays = tuple(float(part) for part in raw.split(","))
+        except ValueError:
+            raise SettingsError(
+                f"{name} must be comma-separated seconds such as '5,300,1800', "
+                f"got {raw!r}"
+            ) from None
+        if any(delay < 0 for delay in delays):
+            raise SettingsError(f"{name} must not contain negative delays, got {raw!r}")
+        return delays
+
+    def networks(
+        self, name: str
+    ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        raw = self._environ.get(name, "").strip()
+        networks = []
+        for part in filter(None, (item.strip() for item in raw.split(","))):
+            try:
+                networks.append(ipaddress.ip_network(part, strict=False))
+            except ValueError:
+                raise SettingsError(
+                    f"{name} must be comma-separated CIDRs such as "
+                    f"'127.0.0.0/8,::1/128', got {part!r}"
+                ) from None
+        return tuple(networks)
+
+
+def _check_range(name: str, value: float, low: float, high: float | None) -> None:
+    if value < low or (high is not None and value > high):
+        bound = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
+        raise SettingsError(f"{name} must be {bound}, got {value:g}")
+
+
+def _signing_secrets(raw: str) -> tuple[Secret, ...]:
+    """Parse one secret, or several separated by spaces during a rotation."""
+    return tuple(Secret(part) for part in raw.split() if _check_secret(part))
+
+
+def _check_secret(secret: str) -> bool:
+    if not secret.startswith(SIGNING_SECRET_PREFIX):
+        raise SettingsError(
+            "RELAY_SIGNING_SECRET must start with 'whsec_' followed by base64; "
+            "generate one with: relay secret"
+        )
+    try:
+        key = base64.b64decode(secret[len(SIGNING_SECRET_PREFIX) :], validate=True)
+    except binascii.Error:
+        raise SettingsError(
+            "RELAY_SIGNING_SECRET has invalid base64 after 'whsec_'; "
+            "generate one with: relay secret"
+        ) from None
+    if not 24 <= len(key) <= 64:
+        raise SettingsError(
+            f"RELAY_SIGNING_SECRET must encode 24 to 64 bytes, got {len(key)}; "
+            "generate one with: relay secret"
+        )
+    return True
+
+
+def _base_url(raw: str) -> str:
+    if not raw:
+        return ""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(
+            f"MODELGATES_BASE_URL must be an absolute http(s) URL, got {raw!r}"
+        )
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise SettingsError(
+            "MODELGATES_BASE_URL must not carry credentials, a query or a "
+            "fragment; put the key in MODELGATES_API_KEY"
+        )
+    return raw.rstrip("/")

@@ -1,0 +1,257 @@
+"""The relay's state in Redis: registrations, trackers, events and schedules.
+
+Every multi-key change goes through one Lua script from ``relay.lua``, so a
+crash between two writes cannot leave half a registration or an event without
+its schedule entry. Redis errors become ``StoreUnavailableError`` here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from relay import keys as keyspace
+from relay import lua
+from relay.errors import StoreUnavailableError
+from relay.registrations import NewRegistration, event_id_for
+
+TENANT = "default"
+
+
+@dataclass(frozen=True)
+class TerminalEvent:
+    """What one registration receives when its tracker ends."""
+
+    registration_id: str
+    event_id: str
+    body: bytes
+
+
+@asynccontextmanager
+async def translate_errors() -> AsyncIterator[None]:
+    """Turn redis-py's connection failures into StoreUnavailableError."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise StoreUnavailableError(
+            f"Redis is unreachable: {type(exc).__name__}"
+        ) from exc
+
+
+def decode(raw: Mapping[Any, Any]) -> dict[str, str]:
+    """Decode a hash read with HGETALL into text."""
+    return {key.decode(): value.decode() for key, value in raw.items()}
+
+
+class Store:
+    """Async access to the keyspace, shared by the API and the workers."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.client = client
+        self.keys = keyspace.Keys(prefix)
+        self._register = client.register_script(lua.REGISTER)
+        self._tracker_update = client.register_script(lua.TRACKER_UPDATE)
+        self._tracker_finish = client.register_script(lua.TRACKER_FINISH)
+        self._event_record = client.register_script(lua.EVENT_RECORD)
+        self._delete = client.register_script(lua.DELETE)
+
+    async def register(
+        self,
+        registration_id: str,
+        request: NewRegistration,
+        cred: str,
+        first_delay_s: float,
+        deadline_s: float,
+    ) -> tuple[bool, str]:
+        """Store a registration; return (created, ID), the old ID if a duplicate."""
+        keys = self.keys
+        tracker_id = keys.tracker_id(cred, request.job_id)
+        digest = keyspace.dedupe_digest(TENANT, request.job_id, request.callback_url)
+        fields = {
+            "id": registration_id,
+            "tenant": TENANT,
+            "job_id": request.job_id,
+            "callback_url": request.callback_url,
+            "events": json.dumps(request.events),
+            "metadata": request.metadata_json,
+            "state": "tracking",
+            "tracker_id": tracker_id,
+            "event_id": event_id_for(registration_id),
+        }
+        args: list[Any] = [registration_id, tracker_id, first_delay_s, deadline_s]
+        for name, value in fields.items():
+            args += [name, value]
+        async with translate_errors():
+            created, found_id = await self._register(
+                keys=[
+                    keys.dedupe(digest),
+                    keys.registration(registration_id),
+                    keys.tracker(tracker_id),
+                    keys.tracker_registrations(tracker_id),
+                    keys.poll_schedule,
+                ],
+                args=args,
+            )
+        return bool(created), cast(bytes, found_id).decode()
+
+    async def registration(self, registration_id: str) -> dict[str, str] | None:
+        """Return a registration's fields, or None if it does not exist."""
+        async with translate_errors():
+            raw = await self.client.hgetall(self.keys.registration(registration_id))
+        return decode(raw) or None
+
+    async def tracker(self, tracker_id: str) -> dict[str, str] | None:
+        """Return a tracker's fields, or None once it has ended."""
+        async with translate_errors():
+            raw = await self.client.hgetall(self.keys.tracker(tracker_id))
+        return decode(raw) or None
+
+    async def trackers(self, tracker_ids: list[str]) -> list[dict[str, str] | None]:
+        """Return several trackers in one round trip."""
+        async with translate_errors(), self.client.pipeline(transaction=False) as pipe:
+            for tracker_id in tracker_ids:
+                pipe.hgetall(self.keys.tracker(tracker_id))
+            rows = await pipe.execute()
+        return [decode(row) or None for row in rows]
+
+    async def event(self, event_id: str) -> dict[bytes, bytes]:
+        """Return an event's raw fields; the body stays bytes."""
+        async with translate_errors():
+            raw = await self.client.hgetall(self.keys.event(event_id))
+        return cast(dict[bytes, bytes], raw)
+
+    async def events(self, event_ids: list[str]) -> list[dict[bytes, bytes]]:
+        """Return several events' raw fields in one round trip."""
+        async with translate_errors(), self.client.pipeline(transaction=False) as pipe:
+            for event_id in event_ids:
+                pipe.hgetall(self.keys.event(event_id))
+            rows = await pipe.execute()
+        return cast(list[dict[bytes, bytes]], rows)
+
+    async def attempts(self, event_id: str, limit: int) -> list[dict[str, Any]]:
+        """Return the newest delivery attempts of an event."""
+        async with translate_errors():
+            rows = await self.client.lrange(self.keys.attempts(event_id), 0, limit - 1)
+        return [json.loads(row) for row in rows]
+
+    async def delete(self, registration: dict[str, str]) -> bool:
+        """Remove a registration, its event and, if unshared, its tracker."""
+        keys = self.keys
+        registration_id = registration["id"]
+        tracker_id = registration["tracker_id"]
+        event_id = event_id_for(registration_id)
+        digest = keyspace.dedupe_digest(
+            registration["tenant"], registration["job_id"], registration["callback_url"]
+        )
+        async with translate_errors():
+            removed = await self._delete(
+                keys=[
+                    keys.dedupe(digest),
+                    keys.registration(registration_id),
+                    keys.tracker(tracker_id),
+                    keys.tracker_registrations(tracker_id),
+                    keys.poll_schedule,
+                    keys.event(event_id),
+                    keys.deliver_schedule,
+                    keys.attempts(event_id),
+                ],
+                args=[registration_id, tracker_id, event_id],
+            )
+        return bool(removed)
+
+    async def update_tracker(
+        self, tracker_id: str, delay_s: float, fields: dict[str, str | int | float]
+    ) -> bool:
+        """Record a non-final poll and schedule the next one after ``delay_s``."""
+        args: list[Any] = [tracker_id, delay_s]
+        for name, value in fields.items():
+            args += [name, value]
+        async with translate_errors():
+            updated = await self._tracker_update(
+                keys=[self.keys.tracker(tracker_id), self.keys.poll_schedule],
+                args=args,
+            )
+        return bool(updated)
+
+    async def tracker_registrations(self, tracker_id: str) -> list[dict[str, str]]:
+        """Return the registrations a tracker serves that still await an outcome."""
+        keys = self.keys
+        async with translate_errors():
+            members = await self.client.smembers(keys.tracker_registrations(tracker_id))
+            async with self.client.pipeline(transaction=False) as pipe:
+                for member in sorted(members):
+                    pipe.hgetall(keys.registration(cast(bytes, member).decode()))
+                rows = await pipe.execute()
+        return [decode(row) for row in rows if row]
+
+    async def finish_tracker(
+        self,
+        tracker_id: str,
+        event_type: str,
+        snapshot_json: str,
+        polls: int,
+        reason: str,
+        events: list[TerminalEvent],
+        filtered_ids: list[str],
+    ) -> int:
+        """End a tracker and create its events in one step; -1 if its set changed."""
+        keys = self.keys
+        script_keys = [
+            keys.tracker(tracker_id),
+            keys.tracker_registrations(tracker_id),
+            keys.poll_schedule,
+            keys.deliver_schedule,
+        ]
+        args: list[Any] = [tracker_id, event_type, snapshot_json, polls, reason]
+        entries = [(e.registration_id, e.event_id, e.body) for e in events]
+        entries += [(registration_id, "", b"") for registration_id in filtered_ids]
+        args.append(len(entries))
+        for registration_id, event_id, body in entries:
+            script_keys += [
+                keys.registration(registration_id),
+                keys.event(event_id or event_id_for(registration_id)),
+            ]
+            args += [registration_id, event_id, body]
+        async with translate_errors():
+            return int(await self._tracker_finish(keys=script_keys, args=args))
+
+    async def record_attempt(
+        self,
+        event_id: str,
+        registration_id: str,
+        attempt: dict[str, Any],
+        outcome: str,
+        delay_s: float = 0.0,
+    ) -> bool:
+        """Store one delivery attempt and move the event on by ``outcome``."""
+        keys = self.keys
+        async with translate_errors():
+            changed = await self._event_record(
+                keys=[
+                    keys.event(event_id),
+                    keys.registration(registration_id),
+                    keys.deliver_schedule,
+                    keys.attempts(event_id),
+                ],
+                args=[
+                    event_id,
+                    json.dumps(attempt, separators=(",", ":")),
+                    outcome,
+                    delay_s,
+                    keyspace.ATTEMPTS_KEPT,
+                ],
+            )
+        return bool(changed)
+
+    async def schema_version(self) -> int | None:
+        """Return the keyspace version ``relay migrate`` applied, if any."""
+        async with translate_errors():
+            raw = await self.client.get(self.keys.schema)
+        return int(raw) if raw is not None else None

@@ -1,0 +1,96 @@
+"""Rules that keep callback URLs from reaching non-public addresses (SSRF).
+
+Only addresses that are globally routable pass, unless the operator allows a
+network with ``RELAY_CALLBACK_ALLOW_CIDRS``. IPv4 literals in the forms that
+``inet_aton`` accepts (``127.1``, ``0x7f.0.0.1``, ``2130706433``) are normalized
+first, and IPv6 forms that embed an IPv4 address are checked as that address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterable
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Cloud metadata endpoints stay blocked unless an allowed network names them
+# exactly, because a broad allowance such as 169.254.0.0/16 is usually a mistake.
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(text)
+    for text in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200")
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_LOCAL_NAMES = ("localhost", "localhost.localdomain")
+
+
+def parse_literal(host: str) -> Address | None:
+    """Return the address a host literal denotes, or None for a hostname."""
+    host = host.strip("[]")
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if not host or not all(part.isalnum() for part in host.split(".")):
+        return None
+    try:
+        packed = socket.inet_aton(host)
+    except OSError:
+        return None
+    return ipaddress.IPv4Address(packed)
+
+
+def embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
+    """Return the IPv4 address carried inside an IPv6 address, if any."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return None
+    if address.ipv4_mapped:
+        return address.ipv4_mapped
+    if address.sixtofour:
+        return address.sixtofour
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if int(address) >> 32 == 0 and int(address) > 1:
+        return ipaddress.IPv4Address(int(address))
+    return None
+
+
+def blocked_address_reason(
+    address: Address, allowed: Iterable[Network] = ()
+) -> str | None:
+    """Return why ``address`` must not be called, or None when it may be."""
+    allowed = tuple(allowed)
+    if _is_allowed(address, allowed):
+        return None
+    inner = embedded_ipv4(address)
+    if inner is not None:
+        inner_reason = blocked_address_reason(inner, allowed)
+        if inner_reason:
+            return f"{address} embeds {inner_reason}"
+    if address in METADATA_ADDRESSES:
+        return f"{address} is a cloud metadata address"
+    if not address.is_global or address.is_multicast:
+        return f"{address} is not a public address"
+    return None
+
+
+def blocked_host_reason(host: str, allowed: Iterable[Network] = ()) -> str | None:
+    """Return why a URL host is rejected before any DNS lookup, or None."""
+    name = host.rstrip(".").lower()
+    if name in _LOCAL_NAMES or name.endswith(".localhost"):
+        return blocked_address_reason(ipaddress.ip_address("127.0.0.1"), allowed)
+    address = parse_literal(name)
+    if address is None:
+        return None
+    return blocked_address_reason(address, allowed)
+
+
+def _is_allowed(address: Address, allowed: tuple[Network, ...]) -> bool:
+    for network in allowed:
+        if address.version != network.version or address not in network:
+            continue
+        if address in METADATA_ADDRESSES and network.num_addresses > 1:
+            continue
+        return True
+    return False

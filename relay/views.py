@@ -1,0 +1,145 @@
+"""Request and response shapes of the HTTP API, and how stored state maps to them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+
+from relay.events import rfc3339_ms
+from relay.store import Store
+
+
+class RegistrationCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``POST /v1/registrations``."""
+
+    job_id: str
+    callback_url: str
+    events: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class Upstream(msgspec.Struct):
+    """The last answer ModelGates gave for the job."""
+
+    polls: int
+    snapshot: dict[str, Any] | None = None
+    last_status_code: int | None = None
+    last_error: str | None = None
+    last_polled_at: str | None = None
+
+
+class Attempt(msgspec.Struct):
+    """One delivery attempt of a webhook."""
+
+    attempt: int
+    at: str
+    status_code: int | None
+    duration_ms: float
+    error: str | None = None
+    response_excerpt: str | None = None
+
+
+class Delivery(msgspec.Struct):
+    """The registration's webhook and where its delivery stands."""
+
+    event_id: str
+    event_type: str
+    state: str
+    attempts: int
+    last_attempt: Attempt | None = None
+
+
+class Registration(msgspec.Struct):
+    """A registration as clients see it."""
+
+    id: str
+    job_id: str
+    callback_url: str
+    events: list[str]
+    metadata: dict[str, Any]
+    state: str
+    created_at: str
+    updated_at: str
+    upstream: Upstream
+    delivery: Delivery | None = None
+    reason: str | None = None
+
+
+class AttemptList(msgspec.Struct):
+    """The newest delivery attempts of one registration, newest first."""
+
+    registration_id: str
+    event_id: str
+    attempts: list[Attempt]
+
+
+def attempt_view(row: dict[str, Any]) -> Attempt:
+    """Map one stored attempt to its API shape."""
+    return Attempt(
+        attempt=int(row.get("attempt", 0)),
+        at=rfc3339_ms(int(row["at_ms"])),
+        status_code=row.get("status_code"),
+        duration_ms=float(row.get("duration_ms", 0.0)),
+        error=row.get("error"),
+        response_excerpt=row.get("response_excerpt"),
+    )
+
+
+async def registration_view(store: Store, registration_id: str) -> Registration | None:
+    """Read a registration with its tracker or outcome; None if it does not exist."""
+    row = await store.registration(registration_id)
+    if row is None:
+        return None
+    if row["state"] == "tracking":
+        upstream = _upstream_view(await store.tracker(row["tracker_id"]))
+    else:
+        upstream = Upstream(
+            polls=int(row.get("polls", 0)),
+            snapshot=json.loads(row.get("snapshot", "null")),
+        )
+    return Registration(
+        id=row["id"],
+        job_id=row["job_id"],
+        callback_url=row["callback_url"],
+        events=json.loads(row["events"]),
+        metadata=json.loads(row["metadata"]),
+        state=row["state"],
+        created_at=rfc3339_ms(int(row["created_at_ms"])),
+        updated_at=rfc3339_ms(int(row["updated_at_ms"])),
+        upstream=upstream,
+        delivery=await _delivery_view(store, row),
+        reason=row.get("reason") or None,
+    )
+
+
+def _upstream_view(tracker: dict[str, str] | None) -> Upstream:
+    if tracker is None:
+        return Upstream(polls=0)
+    polled_at = tracker.get("last_polled_at_ms")
+    return Upstream(
+        polls=int(tracker["polls"]),
+        snapshot=json.loads(tracker["snapshot"]) if tracker.get("snapshot") else None,
+        last_status_code=int(tracker["last_status_code"])
+        if tracker.get("last_status_code")
+        else None,
+        last_error=tracker.get("last_error") or None,
+        last_polled_at=rfc3339_ms(int(polled_at)) if polled_at else None,
+    )
+
+
+async def _delivery_view(store: Store, row: dict[str, str]) -> Delivery | None:
+    if row["state"] in ("tracking", "filtered"):
+        return None
+    event = await store.event(row["event_id"])
+    if not event:
+        return None
+    attempts = await store.attempts(row["event_id"], 1)
+    return Delivery(
+        event_id=row["event_id"],
+        event_type=event[b"type"].decode(),
+        state=event[b"state"].decode(),
+        attempts=int(event[b"attempts"]),
+        last_attempt=attempt_view(attempts[0]) if attempts else None,
+    )

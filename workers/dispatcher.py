@@ -1,0 +1,90 @@
+"""The dispatcher: claims due work from the schedules and enqueues RQ jobs.
+
+Claiming pushes each member's score to ``now + lease`` in the same Lua call
+that reads it, so a worker that dies mid-batch only delays its work by the
+lease; the members then become due again and another worker claims them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import redis
+import structlog
+from rq import Queue
+
+from relay import lua
+from relay.keys import RQ_DELIVER_QUEUE, RQ_POLL_QUEUE, Keys
+from relay.settings import Settings
+from workers.deliver import deliver_batch
+from workers.poll import poll_batch
+
+log = structlog.get_logger(__name__)
+
+# Sleep at most this long when nothing is due, so new work is seen quickly.
+MAX_IDLE_S = 0.25
+# Claim no more while this many batches wait in a queue; their leases would
+# otherwise run out before a worker reaches them.
+MAX_QUEUED_BATCHES = 4
+
+
+class Dispatcher(threading.Thread):
+    """Feeds the poll and deliver queues from the schedules, in a thread."""
+
+    def __init__(self, settings: Settings, connection: redis.Redis) -> None:
+        super().__init__(name="relay-dispatcher", daemon=True)
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self._claim = connection.register_script(lua.CLAIM)
+        self._poll_queue = Queue(RQ_POLL_QUEUE, connection=connection)
+        self._deliver_queue = Queue(RQ_DELIVER_QUEUE, connection=connection)
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Ask the thread to finish its current round and exit."""
+        self._stopping.set()
+
+    def run(self) -> None:
+        log.info("dispatcher.started")
+        while not self._stopping.is_set():
+            try:
+                wait_s = self.dispatch_once()
+            except redis.RedisError as exc:
+                log.warning("dispatcher.redis_failed", error=repr(exc))
+                wait_s = 1.0
+            self._stopping.wait(wait_s)
+        log.info("dispatcher.stopped")
+
+    def dispatch_once(self) -> float:
+        """Claim and enqueue one round of due work; return how long to sleep."""
+        poll_wait_s = self._feed(self.keys.poll_schedule, self._poll_queue, poll_batch)
+        deliver_wait_s = self._feed(
+            self.keys.deliver_schedule, self._deliver_queue, deliver_batch
+        )
+        return min(poll_wait_s, deliver_wait_s)
+
+    def _feed(
+        self, schedule: str, queue: Queue, job: Callable[[list[str]], object]
+    ) -> float:
+        if queue.count >= MAX_QUEUED_BATCHES:
+            return MAX_IDLE_S
+        settings = self.settings
+        reply = self._claim(
+            keys=[schedule], args=[settings.batch_size, settings.lease_s]
+        )
+        wait_s = float(reply[0])
+        members = [member.decode() for member in reply[1:]]
+        if not members:
+            return MAX_IDLE_S if wait_s < 0 else min(wait_s, MAX_IDLE_S)
+
+        queue.enqueue(
+            job,
+            members,
+            job_timeout=int(settings.lease_s),
+            result_ttl=0,
+            failure_ttl=24 * 3600,
+        )
+        log.debug("dispatcher.enqueued", queue=queue.name, size=len(members))
+        # A full batch means more may be due right now.
+        return 0.0 if len(members) == settings.batch_size else min(wait_s, MAX_IDLE_S)

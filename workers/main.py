@@ -1,0 +1,43 @@
+"""``relay worker``: an RQ worker for the relay's queues plus its dispatcher."""
+
+from __future__ import annotations
+
+import redis
+import structlog
+from rq import Queue, SimpleWorker
+
+import migrations
+from relay.keys import RQ_DELIVER_QUEUE, RQ_POLL_QUEUE, Keys
+from relay.settings import Settings
+from workers.dispatcher import Dispatcher
+from workers.runtime import Runtime, close_runtime, install_runtime
+
+log = structlog.get_logger(__name__)
+
+
+def run_worker(settings: Settings, burst: bool = False) -> None:
+    """Run until SIGTERM or SIGINT; RQ finishes the current batch first."""
+    settings.require_worker()
+    connection = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=30, socket_connect_timeout=5
+    )
+    migrations.check(connection, Keys(settings.key_prefix))
+
+    install_runtime(Runtime(settings))
+    dispatcher = Dispatcher(settings, connection)
+    dispatcher.start()
+    # SimpleWorker runs jobs in this process: a batch is cheap, a fork per
+    # batch is not, and the shared clients live in this process.
+    queues = [
+        Queue(RQ_DELIVER_QUEUE, connection=connection),
+        Queue(RQ_POLL_QUEUE, connection=connection),
+    ]
+    worker = SimpleWorker(queues, connection=connection)
+    log.info("worker.started", name=worker.name, queues=[q.name for q in queues])
+    try:
+        worker.work(burst=burst, logging_level=settings.log_level)
+    finally:
+        dispatcher.stop()
+        dispatcher.join(timeout=5)
+        close_runtime()
+        log.info("worker.stopped", name=worker.name)

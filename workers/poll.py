@@ -1,0 +1,213 @@
+"""The polling job: one RQ job polls a batch of trackers concurrently."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import Counter
+from typing import Any
+
+import structlog
+
+from relay import events
+from relay.registrations import event_id_for
+from relay.settings import Settings
+from relay.store import Store, TerminalEvent
+from relay.upstream import ModelGatesClient, Outcome
+from workers.runtime import get_runtime
+
+log = structlog.get_logger(__name__)
+
+# Growth starts from at least this interval, so a zero first delay still backs off.
+MIN_INTERVAL_S = 0.1
+FINISH_RETRIES = 5
+
+
+def poll_batch(tracker_ids: list[str]) -> dict[str, int]:
+    """RQ entry point: poll each tracker once and act on the answers."""
+    runtime = get_runtime()
+    return runtime.run(
+        poll_trackers(runtime.store, runtime.modelgates, runtime.settings, tracker_ids)
+    )
+
+
+def next_interval_s(current_s: float, settings: Settings) -> float:
+    """Return the un-jittered interval that follows ``current_s``."""
+    grown = max(current_s, MIN_INTERVAL_S) * settings.poll_factor
+    return min(grown, settings.poll_max_interval_s)
+
+
+def jittered(delay_s: float, jitter: float) -> float:
+    """Spread ``delay_s`` by ±``jitter`` (a fraction) so polls do not bunch up."""
+    return delay_s * random.uniform(1 - jitter, 1 + jitter)  # noqa: S311 - not crypto
+
+
+async def poll_trackers(
+    store: Store,
+    modelgates: ModelGatesClient,
+    settings: Settings,
+    tracker_ids: list[str],
+) -> dict[str, int]:
+    """Poll a batch concurrently; return how many polls ended in each kind."""
+    started = time.perf_counter()
+    trackers = await store.trackers(tracker_ids)
+    results = await asyncio.gather(
+        *(
+            _poll_one(store, modelgates, settings, tracker_id, tracker)
+            for tracker_id, tracker in zip(tracker_ids, trackers, strict=True)
+        ),
+        return_exceptions=True,
+    )
+
+    counts: Counter[str] = Counter()
+    for tracker_id, result in zip(tracker_ids, results, strict=True):
+        if isinstance(result, BaseException):
+            # The tracker's lease runs out and it is polled again later.
+            log.error("poll.crashed", tracker_id=tracker_id, error=repr(result))
+            counts["crashed"] += 1
+        else:
+            counts[result] += 1
+    log.info(
+        "poll.batch_finished",
+        size=len(tracker_ids),
+        duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        **counts,
+    )
+    return dict(counts)
+
+
+async def _poll_one(
+    store: Store,
+    modelgates: ModelGatesClient,
+    settings: Settings,
+    tracker_id: str,
+    tracker: dict[str, str] | None,
+) -> str:
+    if tracker is None:
+        await store.update_tracker(tracker_id, 0, {})
+        return "gone"
+
+    job_id = tracker_id.split(":", 1)[1]
+    polls = int(tracker["polls"]) + 1
+    if time.time() * 1000 > int(tracker["deadline_ms"]):
+        reason = f"no final status within {settings.poll_deadline_s:g} s"
+        await finish(
+            store, tracker_id, tracker, events.TRACKING_FAILED, reason, polls - 1
+        )
+        return "deadline"
+
+    outcome = await modelgates.poll(job_id)
+    log.debug(
+        "poll.finished",
+        job_id=job_id,
+        kind=outcome.kind,
+        status_code=outcome.status_code,
+        reason=outcome.reason or None,
+    )
+    if outcome.kind == "terminal":
+        event_type = events.EVENT_FOR_STATUS[outcome.snapshot["status"]]
+        await finish(
+            store, tracker_id, tracker, event_type, "", polls, outcome.snapshot
+        )
+        return "terminal"
+    return await _continue(store, settings, tracker_id, tracker, outcome, polls)
+
+
+async def _continue(
+    store: Store,
+    settings: Settings,
+    tracker_id: str,
+    tracker: dict[str, str],
+    outcome: Outcome,
+    polls: int,
+) -> str:
+    interval_s = next_interval_s(float(tracker["interval_s"]), settings)
+    delay_s = jittered(interval_s, settings.poll_jitter)
+    fields: dict[str, Any] = {"interval_s": interval_s}
+    if outcome.status_code is not None:
+        fields["last_status_code"] = outcome.status_code
+
+    if outcome.kind == "running":
+        fields |= {
+            "errors": 0,
+            "snapshot": json.dumps(outcome.snapshot),
+            "last_error": "",
+        }
+    elif outcome.kind == "transient":
+        if outcome.retry_after_s is not None:
+            delay_s = max(outcome.retry_after_s, delay_s)
+        fields["last_error"] = outcome.reason
+    else:
+        errors = int(tracker.get("errors", 0)) + 1
+        if errors >= settings.poll_max_errors:
+            reason = f"{outcome.reason}, {errors} times in a row"
+            await finish(
+                store, tracker_id, tracker, events.TRACKING_FAILED, reason, polls
+            )
+            return "gave_up"
+        fields |= {"errors": errors, "last_error": outcome.reason}
+        log.warning(
+            "poll.rejected",
+            job_id=tracker_id.split(":", 1)[1],
+            status_code=outcome.status_code,
+            reason=outcome.reason,
+            errors=errors,
+        )
+
+    await store.update_tracker(tracker_id, delay_s, fields)
+    return outcome.kind
+
+
+async def finish(
+    store: Store,
+    tracker_id: str,
+    tracker: dict[str, str],
+    event_type: str,
+    reason: str,
+    polls: int,
+    snapshot: dict[str, Any] | None = None,
+) -> None:
+    """End a tracker: one event per registration that subscribed to ``event_type``."""
+    if snapshot is None:
+        snapshot = json.loads(tracker.get("snapshot") or "{}")
+    detected_at_ms = int(time.time() * 1000)
+    snapshot_json = json.dumps(snapshot)
+
+    for _ in range(FINISH_RETRIES):
+        registrations = await store.tracker_registrations(tracker_id)
+        terminal_events = []
+        filtered = []
+        for registration in registrations:
+            if event_type not in json.loads(registration["events"]):
+                filtered.append(registration["id"])
+                continue
+            body = events.build_body(
+                event_type, registration, snapshot, polls, reason, detected_at_ms
+            )
+            event_id = event_id_for(registration["id"])
+            terminal_events.append(TerminalEvent(registration["id"], event_id, body))
+
+        created = await store.finish_tracker(
+            tracker_id,
+            event_type,
+            snapshot_json,
+            polls,
+            reason,
+            terminal_events,
+            filtered,
+        )
+        if created >= 0:
+            log.info(
+                "tracker.finished",
+                job_id=tracker_id.split(":", 1)[1],
+                event_type=event_type,
+                reason=reason or None,
+                polls=polls,
+                events=created,
+                filtered=len(filtered),
+            )
+            return
+    # Registrations kept arriving; the lease runs out and the next poll retries.
+    log.warning("tracker.finish_contended", job_id=tracker_id.split(":", 1)[1])
