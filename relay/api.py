@@ -21,6 +21,7 @@ from litestar.exceptions import (
 )
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
+from litestar.params import FromPath, JSONBody
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -112,7 +113,7 @@ async def require_json(request: Request[Any, Any, Any]) -> None:
 
 @post("/registrations", before_request=require_json, status_code=HTTP_201_CREATED)
 async def create_registration(
-    data: views.RegistrationCreate, state: State
+    data: JSONBody[views.RegistrationCreate], state: State
 ) -> Response[views.Registration]:
     """Register a ModelGates job and the URL that receives its outcome.
 
@@ -143,7 +144,9 @@ async def create_registration(
 
 
 @get("/registrations/{registration_id:str}")
-async def read_registration(registration_id: str, state: State) -> views.Registration:
+async def read_registration(
+    registration_id: FromPath[str], state: State
+) -> views.Registration:
     """Return a registration: its state, the last upstream answer and delivery."""
     view = await views.registration_view(state.store, registration_id)
     if view is None:
@@ -152,7 +155,9 @@ async def read_registration(registration_id: str, state: State) -> views.Registr
 
 
 @get("/registrations/{registration_id:str}/attempts")
-async def list_attempts(registration_id: str, state: State) -> views.AttemptList:
+async def list_attempts(
+    registration_id: FromPath[str], state: State
+) -> views.AttemptList:
     """Return the newest delivery attempts of a registration's webhook."""
     store: Store = state.store
     registration = await store.registration(registration_id)
@@ -167,7 +172,7 @@ async def list_attempts(registration_id: str, state: State) -> views.AttemptList
 
 
 @delete("/registrations/{registration_id:str}")
-async def delete_registration(registration_id: str, state: State) -> None:
+async def delete_registration(registration_id: FromPath[str], state: State) -> None:
     """Stop tracking; no webhook is sent for this registration afterwards."""
     store: Store = state.store
     registration = await store.registration(registration_id)

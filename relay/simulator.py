@@ -9,17 +9,23 @@ A script comes from the job ID itself (``sim.pending*2.in_progress~1500ms.comple
 or from ``PUT /_sim/jobs/{job_id}`` with ``{"steps": ["pending*2", "completed"]}``.
 One step is ``NAME[:ARG][*COUNT|~DURATION]``:
 
-- NAME is a status (pending, in_progress, completed, failed, cancelled, expired) or a
-  fault: 401, 404, 500 (error bodies), 429 (ARG is the Retry-After in whole seconds,
-  default 1), 503 (plain-text body), slow (waits ARG, default 5 s, then answers
-  in_progress), malformed (truncated JSON), html (an HTML page with status 502),
-  unknown (reports status ARG, default ``rendering``, which is outside the enum),
-  noid (a body without ``id`` and ``polling_url``).
-- ``*COUNT`` makes the step answer COUNT polls (default 1). ``~DURATION`` makes it last
+- NAME is a status (pending, in_progress, completed, failed, cancelled, expired) or
+  one of these faults:
+
+  - 401, 404, 500: the ModelGates error body with that status.
+  - 429: an error body with Retry-After set to ARG whole seconds (default 1).
+  - 503: a plain-text body.
+  - slow: waits ARG (default 5 s), then returns in_progress.
+  - malformed: truncated JSON labelled application/json.
+  - html: an HTML page with status 502.
+  - unknown: reports status ARG (default ``rendering``), which is outside the enum.
+  - noid: a body without ``id`` and ``polling_url``.
+
+- ``*COUNT`` makes the step serve COUNT polls (default 1). ``~DURATION`` makes it last
   DURATION from its first poll, written as whole ``ms`` or ``s`` (``~1500ms``, ``~3s``),
   because a dot would split the job ID. The slow argument takes the same form or a bare
   number of seconds.
-- The last step answers every later poll.
+- The last step repeats for every later poll.
 
 The ``/_sim`` admin routes take no token, so serve the simulator on loopback only.
 """
@@ -36,7 +42,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
-import msgspec
 import structlog
 import uvicorn
 from litestar import Litestar, Request, Response, delete, get, put
@@ -59,7 +64,7 @@ DEFAULT_UNKNOWN_STATUS = "rendering"
 FAILED_JOB_ERROR = "The model could not render this prompt."
 COMPLETED_USAGE = {"cost": 0.25, "is_byok": False}
 
-# The first bytes of an MP4 file (an ``ftyp`` box), enough for a client to sniff.
+# The first bytes of an MP4 file (an ``ftyp`` box), enough for a file-type check.
 FAKE_VIDEO_BYTES = b"\x00\x00\x00\x14ftypisom\x00\x00\x02\x00isom"
 
 _COUNT_PATTERN = re.compile(r"[0-9]+")
@@ -140,7 +145,7 @@ def _parse_step_parts(text: str) -> Step:
 
     if name not in STEP_NAMES:
         raise ValueError(
-            f"unknown name {name!r}; expected one of {', '.join(STEP_NAMES)}"
+            f"unknown name {name!r}, expected one of {', '.join(STEP_NAMES)}"
         )
     if has_arg and not arg:
         raise ValueError("the argument after ':' is empty")
@@ -208,7 +213,7 @@ def _to_seconds(match: re.Match[str]) -> float:
 
 @dataclass(slots=True)
 class JobState:
-    """Where one job is in its script, and the polls it has received."""
+    """Position of one job in its script, and the polls it has received."""
 
     steps: list[Step]
     step_index: int = 0
@@ -252,13 +257,14 @@ class JobState:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """The HTTP response one poll gets, and the step that produced it."""
+    """HTTP response to one poll, with the step and error message behind it."""
 
     status_code: int
     content: object
     media_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
     step: Step | None = None
+    error: str | None = None
 
     def to_response(self) -> Response[Any]:
         return Response(
@@ -274,7 +280,7 @@ def error_reply(
 ) -> Reply:
     """Build an error reply with the ModelGates error body."""
     body = {"error": {"code": code, "message": message}, "user_id": None}
-    return Reply(code, body, headers=headers or {})
+    return Reply(code, body, headers=headers or {}, error=message)
 
 
 def render_step(step: Step, job_id: str, base_url: str) -> Reply:
@@ -298,7 +304,7 @@ def _render_step_content(step: Step, job_id: str, base_url: str) -> Reply:
         case "429":
             return error_reply(
                 429,
-                f"Rate limit exceeded; retry after {step.retry_after_s} s.",
+                f"Rate limit exceeded. Retry after {step.retry_after_s} s.",
                 headers={"Retry-After": str(step.retry_after_s)},
             )
         case "503":
@@ -407,7 +413,7 @@ class Simulator:
     def _check_authorization(self, authorization: str | None) -> str | None:
         if not authorization:
             return (
-                "Missing Authorization header; send 'Authorization: Bearer <API key>'."
+                "Missing Authorization header. Send 'Authorization: Bearer <API key>'."
             )
 
         scheme, _, token = authorization.partition(" ")
@@ -428,7 +434,8 @@ def not_found_message(job_id: str) -> str:
     return f"Video job {job_id!r} not found."
 
 
-class JobScript(msgspec.Struct):
+@dataclass(frozen=True, slots=True)
+class JobScript:
     """Body of ``PUT /_sim/jobs/{job_id}``."""
 
     steps: list[str]
@@ -440,7 +447,7 @@ async def get_video(
     job_id: FromPath[str],
     simulator: NamedDependency[Simulator],
 ) -> Response[Any]:
-    """Answer a poll with the job's current step."""
+    """Respond to a poll with the job's current step."""
     base_url = str(request.base_url).rstrip("/")
     authorization = request.headers.get("authorization")
     async with simulator.lock:
@@ -452,6 +459,7 @@ async def get_video(
         job_id=job_id,
         status_code=reply.status_code,
         step=step.text if step else None,
+        error=reply.error,
     )
 
     if step is not None and step.name == "slow":
@@ -464,7 +472,7 @@ async def get_file(file_name: FromPath[str]) -> bytes:
     """Serve a few bytes of MP4 for any ``.mp4`` name, as the unsigned URLs need."""
     if not file_name.endswith(".mp4"):
         raise NotFoundException(
-            detail=f"File {file_name!r} not found; only .mp4 files exist."
+            detail=f"File {file_name!r} not found. Only .mp4 files exist."
         )
     return FAKE_VIDEO_BYTES
 

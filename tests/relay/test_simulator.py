@@ -460,6 +460,8 @@ def test_get_video_logs_omit_token(client: httpx.Client) -> None:
     polls = [entry for entry in entries if entry["event"] == "simulator.poll"]
     assert [entry["status_code"] for entry in polls] == [200, 401]
     assert all(entry["job_id"] == "sim.completed" for entry in polls)
+    assert polls[0]["error"] is None
+    assert polls[1]["error"] == "Invalid API key."
     assert API_KEY not in repr(entries)
     assert "leaked-token-value" not in repr(entries)
 

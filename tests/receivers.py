@@ -1,0 +1,143 @@
+"""Webhook receivers for tests: real HTTP servers on loopback.
+
+Signatures are checked with the ``standardwebhooks`` library, never with the
+relay's own signing code. Each path can be given a list of behaviours that the
+receiver plays in order, one per request, the last repeating.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from standardwebhooks import Webhook, WebhookVerificationError
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One request the receiver got, with the verification result."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    payload: dict[str, Any] | None
+    received_at: float
+
+    @property
+    def verified(self) -> bool:
+        return self.payload is not None
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """How to answer one request: wait, then reply with a status."""
+
+    status: int = 204
+    delay_s: float = 0.0
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class WebhookReceiver:
+    """Records every POST and answers by the behaviours set for its path."""
+
+    def __init__(self, secret: str) -> None:
+        self.webhook = Webhook(secret)
+        self.deliveries: list[Delivery] = []
+        self.behaviours: dict[str, list[Behaviour]] = {}
+        self._lock = threading.Lock()
+        self._condition = threading.Condition(self._lock)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def url(self, path: str = "/hook") -> str:
+        """Return the callback URL of ``path`` on this receiver."""
+        return self.base_url + path
+
+    def script(self, path: str, *behaviours: Behaviour) -> None:
+        """Answer requests to ``path`` with ``behaviours`` in order."""
+        self.behaviours[path] = list(behaviours)
+
+    def verified(self) -> list[Delivery]:
+        """Return the deliveries whose signature verified."""
+        with self._lock:
+            return [item for item in self.deliveries if item.verified]
+
+    def wait_for(self, count: int, timeout_s: float = 30.0) -> list[Delivery]:
+        """Wait until ``count`` verified deliveries arrived; return all of them."""
+        deadline = time.monotonic() + timeout_s
+        with self._condition:
+            while sum(item.verified for item in self.deliveries) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"expected {count} verified webhooks within {timeout_s} s, "
+                        f"got {sum(i.verified for i in self.deliveries)} "
+                        f"of {len(self.deliveries)} requests"
+                    )
+                self._condition.wait(left)
+            return [item for item in self.deliveries if item.verified]
+
+    def _handle(self, path: str, headers: dict[str, str], body: bytes) -> Behaviour:
+        try:
+            payload = self.webhook.verify(body, headers)
+        except WebhookVerificationError:
+            payload = None
+        with self._condition:
+            script = self.behaviours.get(path, [Behaviour()])
+            behaviour = script.pop(0) if len(script) > 1 else script[0]
+        time.sleep(behaviour.delay_s)
+        # Record after the delay, so a request the relay gave up on mid-wait
+        # still shows, but only once its answer is decided.
+        with self._condition:
+            self.deliveries.append(Delivery(path, headers, body, payload, time.time()))
+            self._condition.notify_all()
+        return behaviour
+
+    def start(self) -> WebhookReceiver:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _handler(receiver: WebhookReceiver) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length)
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            behaviour = receiver._handle(self.path, headers, body)
+            try:
+                self.send_response(behaviour.status)
+                for name, value in behaviour.headers:
+                    self.send_header(name, value)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    return Handler
+
+
+@contextmanager
+def running_receiver(secret: str) -> Iterator[WebhookReceiver]:
+    """Start a receiver for the length of a ``with`` block."""
+    receiver = WebhookReceiver(secret).start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
