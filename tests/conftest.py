@@ -180,7 +180,7 @@ def start_worker(
                 process.kill()
                 process.wait()
         # Shown by pytest when the test fails.
-        print(f"--- {log_path.name} ---\n{log_path.read_text()[-6000:]}")
+        print(f"--- {log_path.name} ---\n{log_path.read_text()[-6000:]}")  # noqa: T201
 
 
 @pytest.fixture
