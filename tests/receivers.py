@@ -48,6 +48,7 @@ class WebhookReceiver:
     def __init__(self, secret: str) -> None:
         self.webhook = Webhook(secret)
         self.deliveries: list[Delivery] = []
+        self.started = 0
         self.behaviours: dict[str, list[Behaviour]] = {}
         self._lock = threading.Lock()
         self._condition = threading.Condition(self._lock)
@@ -83,12 +84,22 @@ class WebhookReceiver:
                 self._condition.wait(left)
             return [item for item in self.deliveries if item.verified]
 
+    def wait_started(self, count: int, timeout_s: float = 30.0) -> None:
+        """Wait until ``count`` requests have arrived, answered or not."""
+        with self._condition:
+            if not self._condition.wait_for(
+                lambda: self.started >= count, timeout=timeout_s
+            ):
+                raise AssertionError(f"expected {count} requests within {timeout_s} s")
+
     def _handle(self, path: str, headers: dict[str, str], body: bytes) -> Behaviour:
         try:
             payload = self.webhook.verify(body, headers)
         except WebhookVerificationError:
             payload = None
         with self._condition:
+            self.started += 1
+            self._condition.notify_all()
             script = self.behaviours.get(path, [Behaviour()])
             behaviour = script.pop(0) if len(script) > 1 else script[0]
         time.sleep(behaviour.delay_s)

@@ -35,7 +35,9 @@ def run_worker(settings: Settings, burst: bool = False) -> None:
     worker = SimpleWorker(queues, connection=connection)
     log.info("worker.started", name=worker.name, queues=[q.name for q in queues])
     try:
-        worker.work(burst=burst, logging_level=settings.log_level)
+        # RQ logs several INFO lines per job; the relay logs one per batch.
+        rq_level = "DEBUG" if settings.log_level == "DEBUG" else "WARNING"
+        worker.work(burst=burst, logging_level=rq_level)
     finally:
         dispatcher.stop()
         dispatcher.join(timeout=5)

@@ -91,8 +91,12 @@ async def _poll_one(
 
     job_id = tracker_id.split(":", 1)[1]
     polls = int(tracker["polls"]) + 1
-    if time.time() * 1000 > int(tracker["deadline_ms"]):
-        reason = f"no final status within {settings.poll_deadline_s:g} s"
+    deadline_ms = int(tracker["deadline_ms"])
+    if time.time() * 1000 > deadline_ms:
+        # The API set the deadline at registration; this worker's own setting
+        # may differ, so the reason states the tracker's.
+        tracked_s = (deadline_ms - int(tracker["created_at_ms"])) / 1000
+        reason = f"no final status within {tracked_s:g} s"
         await finish(
             store, tracker_id, tracker, events.TRACKING_FAILED, reason, polls - 1
         )
