@@ -40,8 +40,12 @@ class Stack:
 
     def spawn(self, *arguments: str) -> subprocess.Popen[bytes]:
         """Start ``python -m relay ARGUMENTS`` with the stack's environment."""
+        # A process group of its own keeps a terminal's Ctrl-C away from the
+        # child, so ``stop`` shuts the parts down in order.
         process = subprocess.Popen(  # noqa: S603 - our own module, no shell
-            [sys.executable, "-m", "relay", *arguments], env=self.env
+            [sys.executable, "-m", "relay", *arguments],
+            env=self.env,
+            process_group=0,
         )
         self.processes.append(process)
         return process
@@ -150,6 +154,7 @@ def run(api_port: int) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     with running_stack(api_port) as stack:
         receiver = Receiver(
             stack.signing_secret,

@@ -55,7 +55,10 @@ class RedisServer:
             "--protected-mode", "yes",
         ]  # fmt: skip
         self.process = subprocess.Popen(  # noqa: S603 - fixed arguments, no shell
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            process_group=0,
         )
         deadline = time.monotonic() + timeout_s
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
