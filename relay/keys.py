@@ -11,6 +11,8 @@
 | event:{id}                  | hash   | one webhook to one callback                |
 | schedule:deliver            | zset   | event ID -> next attempt due time          |
 | attempts:{event}            | list   | newest delivery attempts first, capped     |
+| ratelimit:{cred}            | hash   | token bucket of one ModelGates key         |
+| pause:{cred}                | string | set while a 429 pauses that key (PX TTL)   |
 
 A tracker ID is ``{cred}:{job}``: ``cred`` is a short digest of the ModelGates
 key, so the key itself is never stored, and two registrations of one job under
@@ -74,6 +76,12 @@ class Keys:
 
     def attempts(self, event_id: str) -> str:
         return f"{self.prefix}attempts:{event_id}"
+
+    def rate_limit(self, cred: str) -> str:
+        return f"{self.prefix}ratelimit:{cred}"
+
+    def pause(self, cred: str) -> str:
+        return f"{self.prefix}pause:{cred}"
 
     def tracker_id(self, cred: str, job_id: str) -> str:
         """Return the schedule member that names one upstream job."""

@@ -161,3 +161,52 @@ if redis.call('SCARD', KEYS[4]) == 0 then
 end
 return 1
 """
+
+# KEYS: token bucket, pause
+# ARGV: rate per s (0 = unlimited), burst, tokens wanted
+# Returns {granted, seconds to wait before asking again} (the wait as text,
+# since Redis turns Lua numbers into integers).
+ACQUIRE = (
+    _NOW
+    + """
+local pause_ms = redis.call('PTTL', KEYS[2])
+if pause_ms > 0 then return {0, tostring(pause_ms / 1000)} end
+local want = tonumber(ARGV[3])
+local rate = tonumber(ARGV[1])
+if rate <= 0 then return {want, '0'} end
+local burst = tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local granted = math.min(want, math.floor(tokens))
+tokens = tokens - granted
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('EXPIRE', KEYS[1], 3600)
+local wait = 0
+if granted < want then wait = (1 - tokens) / rate end
+return {granted, tostring(wait)}
+"""
+)
+
+# KEYS: pause
+# ARGV: pause ms
+# Extends a key's pause; a shorter Retry-After never cuts a longer one short.
+PAUSE = """
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+return 1
+"""
+
+# KEYS: schedule
+# ARGV: delay s, then members
+# Moves claimed members to ``now + delay`` without touching their trackers.
+DEFER = (
+    _NOW
+    + """
+local due = now + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', due, ARGV[i]) end
+return #ARGV - 1
+"""
+)

@@ -55,6 +55,8 @@ class Settings:
     poll_deadline_s: float = 3 * 3600.0
     poll_max_errors: int = 5
     poll_timeout_s: float = 10.0
+    upstream_rate_per_s: float = 50.0
+    upstream_pause_s: float = 5.0
 
     delivery_timeout_s: float = 15.0
     delivery_retry_schedule_s: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE_S
@@ -88,6 +90,8 @@ class Settings:
             poll_deadline_s=env.number("RELAY_POLL_DEADLINE_S", 10800.0, low=1),
             poll_max_errors=env.integer("RELAY_POLL_MAX_ERRORS", 5, low=1),
             poll_timeout_s=env.number("RELAY_POLL_TIMEOUT_S", 10.0, low=0.1),
+            upstream_rate_per_s=env.number("RELAY_UPSTREAM_RATE_PER_S", 50.0, low=0),
+            upstream_pause_s=env.number("RELAY_UPSTREAM_PAUSE_S", 5.0, low=0.1),
             delivery_timeout_s=env.number("RELAY_DELIVERY_TIMEOUT_S", 15.0, low=0.1),
             delivery_retry_schedule_s=env.schedule(
                 "RELAY_DELIVERY_RETRY_SCHEDULE_S", DEFAULT_RETRY_SCHEDULE_S

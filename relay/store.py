@@ -61,6 +61,7 @@ class Store:
         self._tracker_finish = client.register_script(lua.TRACKER_FINISH)
         self._event_record = client.register_script(lua.EVENT_RECORD)
         self._delete = client.register_script(lua.DELETE)
+        self._defer = client.register_script(lua.DEFER)
 
     async def register(
         self,
@@ -179,6 +180,13 @@ class Store:
                 args=args,
             )
         return bool(updated)
+
+    async def defer_polls(self, tracker_ids: list[str], delay_s: float) -> None:
+        """Put claimed trackers back on the schedule, due after ``delay_s``."""
+        async with translate_errors():
+            await self._defer(
+                keys=[self.keys.poll_schedule], args=[delay_s, *tracker_ids]
+            )
 
     async def tracker_registrations(self, tracker_id: str) -> list[dict[str, str]]:
         """Return the registrations a tracker serves that still await an outcome."""

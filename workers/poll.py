@@ -6,7 +6,7 @@ import asyncio
 import json
 import random
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Any
 
 import structlog
@@ -15,22 +15,22 @@ from relay import events
 from relay.registrations import event_id_for
 from relay.settings import Settings
 from relay.store import Store, TerminalEvent
-from relay.upstream import ModelGatesClient, Outcome
-from workers.runtime import get_runtime
+from relay.upstream import Outcome
+from workers.runtime import Poller, get_runtime
 
 log = structlog.get_logger(__name__)
 
 # Growth starts from at least this interval, so a zero first delay still backs off.
 MIN_INTERVAL_S = 0.1
 FINISH_RETRIES = 5
+# A batch waits at most this long for tokens; later polls go back on the schedule.
+BUDGET_WAIT_S = 5.0
 
 
 def poll_batch(tracker_ids: list[str]) -> dict[str, int]:
     """RQ entry point: poll each tracker once and act on the answers."""
     runtime = get_runtime()
-    return runtime.run(
-        poll_trackers(runtime.store, runtime.modelgates, runtime.settings, tracker_ids)
-    )
+    return runtime.run(poll_trackers(runtime.poller, tracker_ids))
 
 
 def next_interval_s(current_s: float, settings: Settings) -> float:
@@ -44,31 +44,20 @@ def jittered(delay_s: float, jitter: float) -> float:
     return delay_s * random.uniform(1 - jitter, 1 + jitter)  # noqa: S311 - not crypto
 
 
-async def poll_trackers(
-    store: Store,
-    modelgates: ModelGatesClient,
-    settings: Settings,
-    tracker_ids: list[str],
-) -> dict[str, int]:
+async def poll_trackers(poller: Poller, tracker_ids: list[str]) -> dict[str, int]:
     """Poll a batch concurrently; return how many polls ended in each kind."""
     started = time.perf_counter()
-    trackers = await store.trackers(tracker_ids)
-    results = await asyncio.gather(
-        *(
-            _poll_one(store, modelgates, settings, tracker_id, tracker)
-            for tracker_id, tracker in zip(tracker_ids, trackers, strict=True)
-        ),
-        return_exceptions=True,
-    )
+    trackers = await poller.store.trackers(tracker_ids)
+    by_cred: dict[str, list[tuple[str, dict[str, str] | None]]] = defaultdict(list)
+    for tracker_id, tracker in zip(tracker_ids, trackers, strict=True):
+        by_cred[tracker_id.split(":", 1)[0]].append((tracker_id, tracker))
 
+    groups = await asyncio.gather(
+        *(_poll_within_budget(poller, cred, items) for cred, items in by_cred.items())
+    )
     counts: Counter[str] = Counter()
-    for tracker_id, result in zip(tracker_ids, results, strict=True):
-        if isinstance(result, BaseException):
-            # The tracker's lease runs out and it is polled again later.
-            log.error("poll.crashed", tracker_id=tracker_id, error=repr(result))
-            counts["crashed"] += 1
-        else:
-            counts[result] += 1
+    for group in groups:
+        counts.update(group)
     log.info(
         "poll.batch_finished",
         size=len(tracker_ids),
@@ -78,13 +67,43 @@ async def poll_trackers(
     return dict(counts)
 
 
+async def _poll_within_budget(
+    poller: Poller, cred: str, items: list[tuple[str, dict[str, str] | None]]
+) -> Counter[str]:
+    """Poll one key's trackers as its token bucket allows; defer the rest."""
+    deadline = time.monotonic() + min(BUDGET_WAIT_S, poller.settings.lease_s / 4)
+    tasks: list[tuple[str, asyncio.Task[str]]] = []
+    waiting = list(items)
+    while waiting:
+        granted, wait_s = await poller.limiter.acquire(cred, len(waiting))
+        for tracker_id, tracker in waiting[:granted]:
+            task = asyncio.create_task(_poll_one(poller, tracker_id, tracker))
+            tasks.append((tracker_id, task))
+        waiting = waiting[granted:]
+        if not waiting:
+            break
+        if time.monotonic() + wait_s > deadline:
+            deferred = [tracker_id for tracker_id, _ in waiting]
+            await poller.store.defer_polls(deferred, wait_s)
+            log.debug("poll.deferred", size=len(deferred), delay_s=round(wait_s, 3))
+            break
+        await asyncio.sleep(wait_s)
+
+    counts: Counter[str] = Counter(deferred=len(waiting))
+    for tracker_id, task in tasks:
+        try:
+            counts[await task] += 1
+        except Exception as exc:  # noqa: BLE001 - one bad poll must not stop the batch
+            # The tracker's lease runs out and it is polled again later.
+            log.error("poll.crashed", tracker_id=tracker_id, error=repr(exc))
+            counts["crashed"] += 1
+    return +counts
+
+
 async def _poll_one(
-    store: Store,
-    modelgates: ModelGatesClient,
-    settings: Settings,
-    tracker_id: str,
-    tracker: dict[str, str] | None,
+    poller: Poller, tracker_id: str, tracker: dict[str, str] | None
 ) -> str:
+    store = poller.store
     if tracker is None:
         await store.update_tracker(tracker_id, 0, {})
         return "gone"
@@ -102,7 +121,7 @@ async def _poll_one(
         )
         return "deadline"
 
-    outcome = await modelgates.poll(job_id)
+    outcome = await poller.modelgates.poll(job_id)
     log.debug(
         "poll.finished",
         job_id=job_id,
@@ -110,13 +129,17 @@ async def _poll_one(
         status_code=outcome.status_code,
         reason=outcome.reason or None,
     )
+    if outcome.status_code == 429:
+        pause_s = outcome.retry_after_s or poller.settings.upstream_pause_s
+        await poller.limiter.pause(tracker_id.split(":", 1)[0], pause_s)
+        log.warning("poll.paused", job_id=job_id, pause_s=pause_s)
     if outcome.kind == "terminal":
         event_type = events.EVENT_FOR_STATUS[outcome.snapshot["status"]]
         await finish(
             store, tracker_id, tracker, event_type, "", polls, outcome.snapshot
         )
         return "terminal"
-    return await _continue(store, settings, tracker_id, tracker, outcome, polls)
+    return await _continue(store, poller.settings, tracker_id, tracker, outcome, polls)
 
 
 async def _continue(

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 import redis.asyncio as aioredis
 
+from relay.ratelimit import RateLimiter
 from relay.settings import Settings
 from relay.store import Store
 from relay.upstream import ModelGatesClient
@@ -24,6 +26,16 @@ T = TypeVar("T")
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None
+
+
+@dataclass(frozen=True)
+class Poller:
+    """What a batch of polls needs: the store, the client, the limiter."""
+
+    store: Store
+    modelgates: ModelGatesClient
+    limiter: RateLimiter
+    settings: Settings
 
 
 class Runtime:
@@ -58,7 +70,14 @@ class Runtime:
             trust_env=False,
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         )
-        self.modelgates = ModelGatesClient(settings, self.upstream_http)
+        self.poller = Poller(
+            store=self.store,
+            modelgates=ModelGatesClient(settings, self.upstream_http),
+            limiter=RateLimiter(
+                self.redis, self.store.keys, settings.upstream_rate_per_s
+            ),
+            settings=settings,
+        )
 
     def run(
         self, coroutine: Coroutine[Any, Any, T], timeout_s: float | None = None

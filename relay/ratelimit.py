@@ -1,0 +1,47 @@
+"""A fleet-wide request budget per ModelGates key, kept in Redis.
+
+Every worker takes tokens from one bucket per key before it polls, so the
+fleet stays under ``RELAY_UPSTREAM_RATE_PER_S`` however many workers run. A
+``429`` pauses the key for every worker until its ``Retry-After`` has passed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import redis.asyncio as aioredis
+
+from relay import lua
+from relay.keys import Keys
+from relay.store import translate_errors
+
+# The bucket holds at most this share of one second's budget, so no second
+# sees more than the rate plus 5%.
+BURST_SHARE = 0.05
+
+
+class RateLimiter:
+    """Grants poll tokens per ModelGates key and records 429 pauses."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, rate_per_s: float) -> None:
+        self.keys = keys
+        self.rate_per_s = rate_per_s
+        self.burst = max(1.0, math.floor(rate_per_s * BURST_SHARE))
+        self._acquire = client.register_script(lua.ACQUIRE)
+        self._pause = client.register_script(lua.PAUSE)
+
+    async def acquire(self, cred: str, wanted: int) -> tuple[int, float]:
+        """Take up to ``wanted`` tokens; return (granted, seconds to wait for more)."""
+        async with translate_errors():
+            granted, wait_s = await self._acquire(
+                keys=[self.keys.rate_limit(cred), self.keys.pause(cred)],
+                args=[self.rate_per_s, self.burst, wanted],
+            )
+        return int(granted), float(wait_s)
+
+    async def pause(self, cred: str, seconds: float) -> None:
+        """Stop every worker's polls with this key for ``seconds``."""
+        async with translate_errors():
+            await self._pause(
+                keys=[self.keys.pause(cred)], args=[max(1, int(seconds * 1000))]
+            )
