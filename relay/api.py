@@ -17,6 +17,7 @@ from litestar.exceptions import (
     HTTPException,
     NotAuthorizedException,
     NotFoundException,
+    SerializationException,
     ValidationException,
 )
 from litestar.handlers.base import BaseRouteHandler
@@ -50,15 +51,26 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
         extra["errors"] = exc.extra
         messages = [
-            str(item.get("message")) for item in exc.extra if isinstance(item, dict)
+            _field_message(item) for item in exc.extra if isinstance(item, dict)
         ]
         detail = "; ".join(messages) or detail
+    elif isinstance(exc.__cause__, SerializationException):
+        detail = f"request body is not valid JSON: {exc.detail}"
     if exc.status_code == 413:
         detail = "request body is larger than the limit; send a smaller body"
     response = problem(exc.status_code, _title(exc.status_code), detail, **extra)
     if exc.headers:
         response.headers.update(exc.headers)
     return response
+
+
+def _field_message(item: dict[str, Any]) -> str:
+    """Prefix a msgspec message such as "Expected `str`" with its field."""
+    message = str(item.get("message", "invalid value"))
+    key = item.get("key")
+    if not key or str(key) in message:
+        return message
+    return f"{key}: {message}"
 
 
 def _input_error(request: Request[Any, Any, Any], exc: InputError) -> Response[Any]:
@@ -239,6 +251,7 @@ def access_log(app: ASGIApp) -> ASGIApp:
 
 def create_app(settings: Settings) -> Litestar:
     """Build the Litestar app; Redis connects lazily on the first request."""
+    settings.require_api()
     client = aioredis.Redis.from_url(
         settings.redis_url, socket_timeout=5, socket_connect_timeout=2
     )

@@ -117,9 +117,18 @@ def check_callback_url(url: str, settings: Settings) -> str:
         )
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - the property raises ValueError on a bad port
     except ValueError:
-        raise InputError("callback_url", "callback_url is not a valid URL") from None
+        raise InputError(
+            "callback_url", "callback_url is not a valid URL; check the host"
+        ) from None
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise InputError(
+            "callback_url", "callback_url must have a port between 1 and 65535"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InputError(
             "callback_url",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -164,6 +165,8 @@ class _Reader:
             value = float(raw)
         except ValueError:
             raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise SettingsError(f"{name} must be a finite number, got {raw!r}")
         _check_range(name, value, low, high)
         return value
 
@@ -201,8 +204,10 @@ class _Reader:
                 f"{name} must be comma-separated seconds such as '5,300,1800', "
                 f"got {raw!r}"
             ) from None
-        if any(delay < 0 for delay in delays):
-            raise SettingsError(f"{name} must not contain negative delays, got {raw!r}")
+        if any(not math.isfinite(delay) or delay < 0 for delay in delays):
+            raise SettingsError(
+                f"{name} must contain finite, non-negative delays, got {raw!r}"
+            )
         return delays
 
     def networks(
@@ -256,11 +261,21 @@ def _check_secret(secret: str) -> bool:
 def _base_url(raw: str) -> str:
     if not raw:
         return ""
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError:
+        # The message leaves the value out: it may carry credentials.
+        raise SettingsError(
+            "MODELGATES_BASE_URL is not a valid URL; check its host and port"
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(
-            f"MODELGATES_BASE_URL must be an absolute http(s) URL, got {raw!r}"
+            "MODELGATES_BASE_URL must be an absolute http(s) URL such as "
+            f"'https://<host>', got scheme {parts.scheme!r}"
         )
+    if port == 0:
+        raise SettingsError("MODELGATES_BASE_URL must not use port 0")
     if parts.username or parts.password or parts.query or parts.fragment:
         raise SettingsError(
             "MODELGATES_BASE_URL must not carry credentials, a query or a "

@@ -61,6 +61,9 @@ def parse_retry_after(value: str | None) -> float | None:
             moment = parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
             return None
+        if moment.tzinfo is None:
+            # "-0000" means UTC with an unknown local zone (RFC 5322).
+            moment = moment.replace(tzinfo=UTC)
         seconds = (moment - datetime.now(UTC)).total_seconds()
     if math.isnan(seconds):
         return None

@@ -22,6 +22,12 @@ METADATA_ADDRESSES = frozenset(
     for text in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200")
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Ranges that Python's ``ipaddress`` counts as global but that no public
+# receiver uses: deprecated site-local and NAT64 local-use addresses.
+_EXTRA_BLOCKED = (
+    ipaddress.ip_network("fec0::/10"),
+    ipaddress.ip_network("64:ff9b:1::/48"),
+)
 _LOCAL_NAMES = ("localhost", "localhost.localdomain")
 
 
@@ -61,15 +67,23 @@ def blocked_address_reason(
 ) -> str | None:
     """Return why ``address`` must not be called, or None when it may be."""
     allowed = tuple(allowed)
+    inner = embedded_ipv4(address)
+    if inner is not None and inner in METADATA_ADDRESSES:
+        # Checked before the allow-list, so a broad IPv6 allowance cannot
+        # reach a metadata address through its IPv4-mapped form.
+        if _is_allowed(inner, allowed):
+            return None
+        return f"{address} embeds {inner}, a cloud metadata address"
     if _is_allowed(address, allowed):
         return None
-    inner = embedded_ipv4(address)
     if inner is not None:
         inner_reason = blocked_address_reason(inner, allowed)
         if inner_reason:
             return f"{address} embeds {inner_reason}"
     if address in METADATA_ADDRESSES:
         return f"{address} is a cloud metadata address"
+    if any(address in network for network in _EXTRA_BLOCKED):
+        return f"{address} is not a public address"
     if not address.is_global or address.is_multicast:
         return f"{address} is not a public address"
     return None
