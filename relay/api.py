@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import time
 from http import HTTPStatus
 from typing import Any
@@ -147,6 +148,17 @@ async def create_registration(
     view = await views.registration_view(store, registration_id)
     if view is None:
         raise NotFoundException(detail="registration was deleted while being created")
+    if not created and (
+        tuple(view.events) != request.events
+        or json.dumps(view.metadata, sort_keys=True)
+        != json.dumps(json.loads(request.metadata_json), sort_keys=True)
+    ):
+        raise HTTPException(
+            status_code=409,
+            detail=f"registration {registration_id} already exists for this job_id "
+            "and callback_url with other events or metadata; delete it first, or "
+            "send the same values",
+        )
     log.info(
         "registration.created" if created else "registration.reused",
         registration_id=registration_id,
@@ -273,7 +285,10 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[v1, healthz, readyz],
         state=State(
-            {"settings": settings, "store": Store(client, settings.key_prefix)}
+            {
+                "settings": settings,
+                "store": Store(client, settings.key_prefix, settings.retention_s),
+            }
         ),
         exception_handlers={
             HTTPException: _http_error,

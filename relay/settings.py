@@ -64,6 +64,7 @@ class Settings:
     delivery_jitter: float = 0.2
 
     callback_allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    retention_s: float = 7 * 86400.0
     batch_size: int = 100
     lease_s: float = 60.0
     max_body_bytes: int = 64 * 1024
@@ -99,6 +100,7 @@ class Settings:
             ),
             delivery_jitter=env.number("RELAY_DELIVERY_JITTER", 0.2, low=0, high=0.5),
             callback_allow_cidrs=env.networks("RELAY_CALLBACK_ALLOW_CIDRS"),
+            retention_s=env.number("RELAY_RETENTION_S", 604800.0, low=60),
             batch_size=env.integer("RELAY_BATCH_SIZE", 100, low=1, high=10000),
             lease_s=env.number("RELAY_LEASE_S", 60.0, low=1),
             max_body_bytes=env.integer("RELAY_MAX_BODY_BYTES", 65536, low=1024),
@@ -120,6 +122,7 @@ class Settings:
                 "RELAY_API_TOKEN must be set to a random string of at least "
                 "16 characters; clients send it as 'Authorization: Bearer <token>'"
             )
+        self._require_modelgates_key()
 
     def require_worker(self) -> None:
         """Raise SettingsError unless the worker's own settings are present."""
@@ -133,6 +136,11 @@ class Settings:
                 "MODELGATES_BASE_URL must be set to the ModelGates API origin, "
                 "for example 'https://<host>' without the '/api/v1' path"
             )
+        self._require_modelgates_key()
+
+    def _require_modelgates_key(self) -> None:
+        # The API needs the key too: registrations share a poll only when
+        # they use the same key, and the API groups them by its digest.
         if not self.modelgates_api_key:
             raise SettingsError("MODELGATES_API_KEY must be set to a ModelGates key")
 

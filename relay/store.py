@@ -53,8 +53,11 @@ def decode(raw: Mapping[Any, Any]) -> dict[str, str]:
 class Store:
     """Async access to the keyspace, shared by the API and the workers."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(
+        self, client: aioredis.Redis, prefix: str, retention_s: float = 7 * 86400
+    ) -> None:
         self.client = client
+        self.retention_s = int(retention_s)
         self.keys = keyspace.Keys(prefix)
         self._register = client.register_script(lua.REGISTER)
         self._tracker_update = client.register_script(lua.TRACKER_UPDATE)
@@ -85,6 +88,7 @@ class Store:
             "state": "tracking",
             "tracker_id": tracker_id,
             "event_id": event_id_for(registration_id),
+            "dedupe_key": keys.dedupe(digest),
         }
         args: list[Any] = [registration_id, tracker_id, first_delay_s, deadline_s]
         for name, value in fields.items():
@@ -217,7 +221,14 @@ class Store:
             keys.poll_schedule,
             keys.deliver_schedule,
         ]
-        args: list[Any] = [tracker_id, event_type, snapshot_json, polls, reason]
+        args: list[Any] = [
+            tracker_id,
+            event_type,
+            snapshot_json,
+            polls,
+            reason,
+            self.retention_s,
+        ]
         entries = [(e.registration_id, e.event_id, e.body) for e in events]
         entries += [(registration_id, "", b"") for registration_id in filtered_ids]
         args.append(len(entries))
@@ -254,6 +265,7 @@ class Store:
                     outcome,
                     delay_s,
                     keyspace.ATTEMPTS_KEPT,
+                    self.retention_s,
                 ],
             )
         return bool(changed)

@@ -95,9 +95,11 @@ async def registration_view(store: Store, registration_id: str) -> Registration 
     if row["state"] == "tracking":
         upstream = _upstream_view(await store.tracker(row["tracker_id"]))
     else:
+        finished_at = row.get("finished_at_ms")
         upstream = Upstream(
             polls=int(row.get("polls", 0)),
             snapshot=json.loads(row.get("snapshot", "null")),
+            last_polled_at=rfc3339_ms(int(finished_at)) if finished_at else None,
         )
     return Registration(
         id=row["id"],

@@ -22,7 +22,6 @@ from workers.runtime import get_runtime
 log = structlog.get_logger(__name__)
 
 RESPONSE_EXCERPT_BYTES = 1024
-MAX_RETRY_AFTER_S = 6 * 3600.0
 PER_HOST_CONCURRENCY = 8
 
 
@@ -193,9 +192,12 @@ async def _record(
 def retry_delay_s(
     base_s: float, settings: Settings, retry_after_s: float | None
 ) -> float:
-    """Return the wait before the next attempt, jittered or from Retry-After."""
+    """Return the wait before the next attempt: the schedule, jittered.
+
+    A receiver's Retry-After (already capped at an hour) only lengthens it.
+    """
     jitter = settings.delivery_jitter
     delay_s = base_s * random.uniform(1 - jitter, 1 + jitter)  # noqa: S311 - not crypto
     if retry_after_s is not None:
-        delay_s = min(max(retry_after_s, delay_s), MAX_RETRY_AFTER_S)
+        delay_s = max(retry_after_s, delay_s)
     return delay_s

@@ -130,7 +130,9 @@ async def _poll_one(
         reason=outcome.reason or None,
     )
     if outcome.status_code == 429:
-        pause_s = outcome.retry_after_s or poller.settings.upstream_pause_s
+        pause_s = outcome.retry_after_s
+        if pause_s is None:
+            pause_s = poller.settings.upstream_pause_s
         await poller.limiter.pause(tracker_id.split(":", 1)[0], pause_s)
         log.warning("poll.paused", job_id=job_id, pause_s=pause_s)
     if outcome.kind == "terminal":

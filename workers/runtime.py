@@ -55,7 +55,7 @@ class Runtime:
         self.redis = aioredis.Redis.from_url(
             settings.redis_url, socket_timeout=10, socket_connect_timeout=5
         )
-        self.store = Store(self.redis, settings.key_prefix)
+        self.store = Store(self.redis, settings.key_prefix, settings.retention_s)
         # trust_env=False: proxy variables in the environment must not reroute
         # the bearer token or webhooks through a host the operator did not name.
         self.upstream_http = httpx.AsyncClient(

@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import SimulatorAdmin
 from tests.receivers import WebhookReceiver
+from tests.workers.test_deliver import wait_for_state
 
 OUTCOMES = [
     (("pending", "in_progress*2", "completed"), "video.completed"),
@@ -55,6 +56,5 @@ def test_outcome_delivers_one_webhook(
     assert delivery.headers["webhook-id"] == f"msg_{registration_id[4:]}"
     assert json.loads(delivery.body) == payload
 
-    view = api.get(f"/v1/registrations/{registration_id}").json()
-    assert view["state"] == "delivered"
+    view = wait_for_state(api, registration_id, "delivered")
     assert view["delivery"]["event_type"] == event_type

@@ -20,7 +20,7 @@ import redis
 from relay.api import create_app
 from relay.errors import SettingsError
 from relay.settings import Settings
-from tests.conftest import API_TOKEN, PREFIX, ApiFactory
+from tests.conftest import API_TOKEN, MODELGATES_KEY, PREFIX, ApiFactory
 from tests.servers import serve_in_thread
 
 REGISTRATIONS = "/v1/registrations"
@@ -82,6 +82,7 @@ def running_api(redis_url: str, allow_cidrs: str) -> Iterator[httpx.Client]:
             "REDIS_URL": redis_url,
             "RELAY_KEY_PREFIX": PREFIX,
             "RELAY_API_TOKEN": API_TOKEN,
+            "MODELGATES_API_KEY": MODELGATES_KEY,
             "RELAY_CALLBACK_ALLOW_CIDRS": allow_cidrs,
         }
     )
@@ -532,7 +533,7 @@ def test_delete_twice_returns_404(api: httpx.Client) -> None:
 def test_token_absent_from_responses(api: httpx.Client) -> None:
     registration_id = create(api, metadata={"k": "v"}).json()["id"]
     responses = [
-        create(api),
+        create(api, metadata={"k": "v"}),
         api.get(f"{REGISTRATIONS}/{registration_id}"),
         api.get(f"{REGISTRATIONS}/{registration_id}/attempts"),
         api.get("/healthz"),
@@ -544,6 +545,16 @@ def test_token_absent_from_responses(api: httpx.Client) -> None:
     for response in responses:
         assert response.status_code < 400, response.text
         assert API_TOKEN not in response.text
+
+
+def test_create_conflicts_on_other_metadata(api: httpx.Client) -> None:
+    first = create(api, metadata={"k": "v"})
+    second = create(api, metadata={"k": "other"})
+
+    assert first.status_code == 201
+    assert second.status_code == 409
+    assert second.headers["content-type"].startswith("application/problem+json")
+    assert first.json()["id"] in second.json()["detail"]
 
 
 # Health, readiness and the OpenAPI document

@@ -301,7 +301,9 @@ def test_require_api_rejects_short_token() -> None:
 
 
 def test_require_api_accepts_long_token() -> None:
-    settings = Settings.from_env({"RELAY_API_TOKEN": "t" * 16})
+    settings = Settings.from_env(
+        {"RELAY_API_TOKEN": "t" * 16, "MODELGATES_API_KEY": "mg-key"}
+    )
 
     settings.require_api()
 
