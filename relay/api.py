@@ -171,7 +171,7 @@ async def create_registration(
 async def read_registration(
     registration_id: FromPath[str], state: State
 ) -> views.Registration:
-    """Return a registration: its state, the last upstream answer and delivery."""
+    """Return a registration: its state, the last upstream response and delivery."""
     view = await views.registration_view(state.store, registration_id)
     if view is None:
         raise NotFoundException(detail=f"registration {registration_id!r} not found")
@@ -213,7 +213,7 @@ async def healthz() -> dict[str, str]:
 
 @get("/readyz")
 async def readyz(state: State) -> Response[dict[str, Any]]:
-    """Report whether Redis answers and its keyspace is at this code's version."""
+    """Report whether Redis is reachable and its keyspace at this code's version."""
     store: Store = state.store
     try:
         version = await store.schema_version()

@@ -65,7 +65,7 @@ class Stack:
 
 
 def wait_for_http(url: str, timeout_s: float = 30.0) -> None:
-    """Wait until ``url`` answers with a status below 500."""
+    """Wait until ``url`` responds with a status below 500."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -74,7 +74,7 @@ def wait_for_http(url: str, timeout_s: float = 30.0) -> None:
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not answer within {timeout_s:g} s")
+            raise RuntimeError(f"{url} did not respond within {timeout_s:g} s")
         time.sleep(0.1)
 
 

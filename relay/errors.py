@@ -3,8 +3,7 @@
 RelayError
 ├── SettingsError        invalid environment variables; stops start-up
 ├── SchemaError          Redis keyspace missing or newer than this code
-├── StoreUnavailableError Redis unreachable or timing out
-└── UpstreamError        a ModelGates answer the relay cannot use
+└── StoreUnavailableError Redis unreachable or timing out
 
 Third-party errors (redis, httpx) are translated into these at the module that
 talks to them, with ``raise ... from exc`` so the cause stays in tracebacks.
@@ -24,8 +23,4 @@ class SchemaError(RelayError):
 
 
 class StoreUnavailableError(RelayError):
-    """Redis could not be reached or did not answer in time."""
-
-
-class UpstreamError(RelayError):
-    """ModelGates returned something the relay cannot interpret."""
+    """Redis could not be reached or did not respond in time."""

@@ -15,7 +15,7 @@ from relay import lua
 from relay.keys import Keys
 from relay.store import translate_errors
 
-# The bucket holds at most this share of one second's budget, so no second
+# The bucket contains at most this share of one second's budget, so no second
 # sees more than the rate plus 5%.
 BURST_SHARE = 0.05
 

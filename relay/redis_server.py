@@ -49,7 +49,7 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
-        """Start the server and wait until it answers PING."""
+        """Start the server and wait until it replies to PING."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [
             server_binary(),

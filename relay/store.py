@@ -27,7 +27,7 @@ TENANT = "default"
 
 @dataclass(frozen=True)
 class TerminalEvent:
-    """What one registration receives when its tracker ends."""
+    """The event one registration receives when its tracker ends."""
 
     registration_id: str
     event_id: str

@@ -1,6 +1,6 @@
-"""The ModelGates client and the rules that classify its answers.
+"""The ModelGates client and the rules that classify its responses.
 
-Upstream answers are untrusted: bodies are read up to a cap, JSON is checked
+Upstream responses are untrusted: bodies are read up to a cap, JSON is checked
 field by field, and only known fields of bounded size reach a webhook.
 """
 
@@ -73,7 +73,7 @@ def parse_retry_after(value: str | None) -> float | None:
 def classify(
     job_id: str, status_code: int, headers: httpx.Headers, body: bytes
 ) -> Outcome:
-    """Classify one upstream answer without trusting anything in it."""
+    """Classify one upstream response without trusting anything in it."""
     if status_code == 429:
         return Outcome(
             "transient",

@@ -21,7 +21,7 @@ class RegistrationCreate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Upstream(msgspec.Struct):
-    """The last answer ModelGates gave for the job."""
+    """The last response ModelGates returned for the job."""
 
     polls: int
     snapshot: dict[str, Any] | None = None
@@ -42,7 +42,7 @@ class Attempt(msgspec.Struct):
 
 
 class Delivery(msgspec.Struct):
-    """The registration's webhook and where its delivery stands."""
+    """The registration's webhook and its delivery state."""
 
     event_id: str
     event_type: str

@@ -89,7 +89,7 @@ async def _deliver_one(
 async def send(
     http: httpx.AsyncClient, settings: Settings, event_id: str, url: str, body: bytes
 ) -> dict[str, Any]:
-    """POST one signed attempt and describe what happened; never raises for HTTP."""
+    """POST one signed attempt and return its record; HTTP errors become records."""
     started = time.perf_counter()
     attempt: dict[str, Any] = {"at_ms": int(time.time() * 1000), "status_code": None}
     blocked = await blocked_reason(url, settings)
@@ -136,7 +136,7 @@ async def blocked_reason(url: str, settings: Settings) -> str | None:
 
 
 async def _excerpt(reply: httpx.Response) -> str:
-    """Read only the first bytes of a receiver's answer."""
+    """Read only the first bytes of a receiver's response."""
     collected = b""
     async for chunk in reply.aiter_bytes():
         collected += chunk

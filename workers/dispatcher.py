@@ -2,7 +2,7 @@
 
 Claiming pushes each member's score to ``now + lease`` in the same Lua call
 that reads it, so a worker that dies mid-batch only delays its work by the
-lease; the members then become due again and another worker claims them.
+lease. The members then become due again and another worker claims them.
 """
 
 from __future__ import annotations

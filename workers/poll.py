@@ -28,7 +28,7 @@ BUDGET_WAIT_S = 5.0
 
 
 def poll_batch(tracker_ids: list[str]) -> dict[str, int]:
-    """RQ entry point: poll each tracker once and act on the answers."""
+    """RQ entry point: poll each tracker once and act on the responses."""
     runtime = get_runtime()
     return runtime.run(poll_trackers(runtime.poller, tracker_ids))
 

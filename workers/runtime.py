@@ -1,8 +1,8 @@
 """One event loop per worker process, with the clients every batch shares.
 
 RQ runs each job in the worker's main thread. A job hands its coroutine to
-this loop, which runs in its own thread for the life of the process, so the
-async Redis client and the two httpx clients (upstream and webhooks) keep
+this loop, which runs in its own thread for the life of the process. The
+async Redis client and the two httpx clients (upstream and webhooks) so keep
 their connection pools across jobs instead of opening new ones per batch.
 """
 
@@ -30,7 +30,7 @@ _runtime: Runtime | None = None
 
 @dataclass(frozen=True)
 class Poller:
-    """What a batch of polls needs: the store, the client, the limiter."""
+    """Dependencies of a poll batch: the store, the client and the limiter."""
 
     store: Store
     modelgates: ModelGatesClient
