@@ -26,6 +26,15 @@ TENANT = "default"
 
 
 @dataclass(frozen=True)
+class TrackerUpdate:
+    """A non-final poll's result: new tracker fields and the next due time."""
+
+    tracker_id: str
+    delay_s: float
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class TerminalEvent:
     """The event one registration receives when its tracker ends."""
 
@@ -171,19 +180,26 @@ class Store:
             )
         return bool(removed)
 
-    async def update_tracker(
-        self, tracker_id: str, delay_s: float, fields: dict[str, str | int | float]
-    ) -> bool:
-        """Record a non-final poll and schedule the next one after ``delay_s``."""
-        args: list[Any] = [tracker_id, delay_s]
-        for name, value in fields.items():
-            args += [name, value]
-        async with translate_errors():
-            updated = await self._tracker_update(
-                keys=[self.keys.tracker(tracker_id), self.keys.poll_schedule],
-                args=args,
-            )
-        return bool(updated)
+    async def update_trackers(self, updates: list[TrackerUpdate]) -> None:
+        """Record non-final polls and schedule the next ones, in one pipeline.
+
+        A tracker deleted meanwhile stays deleted: the script only removes it
+        from the schedule.
+        """
+        if not updates:
+            return
+        keys = self.keys
+        async with translate_errors(), self.client.pipeline(transaction=False) as pipe:
+            for update in updates:
+                args: list[Any] = [update.tracker_id, update.delay_s]
+                for name, value in update.fields.items():
+                    args += [name, value]
+                await self._tracker_update(
+                    keys=[keys.tracker(update.tracker_id), keys.poll_schedule],
+                    args=args,
+                    client=pipe,
+                )
+            await pipe.execute()
 
     async def defer_polls(self, tracker_ids: list[str], delay_s: float) -> None:
         """Put claimed trackers back on the schedule, due after ``delay_s``."""

@@ -25,11 +25,14 @@ RESPONSE_EXCERPT_BYTES = 1024
 PER_HOST_CONCURRENCY = 8
 
 
-def deliver_batch(event_ids: list[str]) -> dict[str, int]:
-    """RQ entry point: attempt each event once and record the outcome."""
+def deliver_batch(event_ids: list[str]) -> None:
+    """RQ entry point: start a batch of delivery attempts on the event loop."""
     runtime = get_runtime()
-    return runtime.run(
-        deliver_events(runtime.store, runtime.webhook_http, runtime.settings, event_ids)
+    runtime.hand_off(
+        deliver_events(
+            runtime.store, runtime.webhook_http, runtime.settings, event_ids
+        ),
+        "deliver",
     )
 
 

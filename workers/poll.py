@@ -14,7 +14,7 @@ import structlog
 from relay import events
 from relay.registrations import event_id_for
 from relay.settings import Settings
-from relay.store import Store, TerminalEvent
+from relay.store import Store, TerminalEvent, TrackerUpdate
 from relay.upstream import Outcome
 from workers.runtime import Poller, get_runtime
 
@@ -27,10 +27,10 @@ FINISH_RETRIES = 5
 BUDGET_WAIT_S = 5.0
 
 
-def poll_batch(tracker_ids: list[str]) -> dict[str, int]:
-    """RQ entry point: poll each tracker once and act on the responses."""
+def poll_batch(tracker_ids: list[str]) -> None:
+    """RQ entry point: start polling a batch on this process's event loop."""
     runtime = get_runtime()
-    return runtime.run(poll_trackers(runtime.poller, tracker_ids))
+    runtime.hand_off(poll_trackers(runtime.poller, tracker_ids), "poll")
 
 
 def next_interval_s(current_s: float, settings: Settings) -> float:
@@ -71,13 +71,14 @@ async def _poll_within_budget(
     poller: Poller, cred: str, items: list[tuple[str, dict[str, str] | None]]
 ) -> Counter[str]:
     """Poll one key's trackers as its token bucket allows; defer the rest."""
+    updates: list[TrackerUpdate] = []
     deadline = time.monotonic() + min(BUDGET_WAIT_S, poller.settings.lease_s / 4)
     tasks: list[tuple[str, asyncio.Task[str]]] = []
     waiting = list(items)
     while waiting:
         granted, wait_s = await poller.limiter.acquire(cred, len(waiting))
         for tracker_id, tracker in waiting[:granted]:
-            task = asyncio.create_task(_poll_one(poller, tracker_id, tracker))
+            task = asyncio.create_task(_poll_one(poller, tracker_id, tracker, updates))
             tasks.append((tracker_id, task))
         waiting = waiting[granted:]
         if not waiting:
@@ -97,15 +98,21 @@ async def _poll_within_budget(
             # The tracker's lease runs out and it is polled again later.
             log.error("poll.crashed", tracker_id=tracker_id, error=repr(exc))
             counts["crashed"] += 1
+
+    # One pipeline for the whole batch instead of a round trip per poll.
+    await poller.store.update_trackers(updates)
     return +counts
 
 
 async def _poll_one(
-    poller: Poller, tracker_id: str, tracker: dict[str, str] | None
+    poller: Poller,
+    tracker_id: str,
+    tracker: dict[str, str] | None,
+    updates: list[TrackerUpdate],
 ) -> str:
     store = poller.store
     if tracker is None:
-        await store.update_tracker(tracker_id, 0, {})
+        updates.append(TrackerUpdate(tracker_id, 0, {}))
         return "gone"
 
     job_id = tracker_id.split(":", 1)[1]
@@ -141,17 +148,18 @@ async def _poll_one(
             store, tracker_id, tracker, event_type, "", polls, outcome.snapshot
         )
         return "terminal"
-    return await _continue(store, poller.settings, tracker_id, tracker, outcome, polls)
+    return await _continue(poller, tracker_id, tracker, outcome, polls, updates)
 
 
 async def _continue(
-    store: Store,
-    settings: Settings,
+    poller: Poller,
     tracker_id: str,
     tracker: dict[str, str],
     outcome: Outcome,
     polls: int,
+    updates: list[TrackerUpdate],
 ) -> str:
+    settings = poller.settings
     interval_s = next_interval_s(float(tracker["interval_s"]), settings)
     delay_s = jittered(interval_s, settings.poll_jitter)
     fields: dict[str, Any] = {"interval_s": interval_s}
@@ -173,7 +181,7 @@ async def _continue(
         if errors >= settings.poll_max_errors:
             reason = f"{outcome.reason}, {errors} times in a row"
             await finish(
-                store, tracker_id, tracker, events.TRACKING_FAILED, reason, polls
+                poller.store, tracker_id, tracker, events.TRACKING_FAILED, reason, polls
             )
             return "gave_up"
         fields |= {"errors": errors, "last_error": outcome.reason}
@@ -185,7 +193,7 @@ async def _continue(
             errors=errors,
         )
 
-    await store.update_tracker(tracker_id, delay_s, fields)
+    updates.append(TrackerUpdate(tracker_id, delay_s, fields))
     return outcome.kind
 
 

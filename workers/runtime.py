@@ -9,13 +9,16 @@ their connection pools across jobs instead of opening new ones per batch.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 import redis.asyncio as aioredis
+import structlog
 
 from relay.ratelimit import RateLimiter
 from relay.settings import Settings
@@ -23,6 +26,11 @@ from relay.store import Store
 from relay.upstream import ModelGatesClient
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+# Batches one process runs at once. Two keep the network busy while RQ
+# fetches the next job; more only hold claims longer.
+MAX_BATCHES_IN_FLIGHT = 2
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None
@@ -38,6 +46,28 @@ class Poller:
     settings: Settings
 
 
+def build_upstream_client(settings: Settings) -> httpx.AsyncClient:
+    """Return the httpx client every poll of this process shares."""
+    # trust_env=False: proxy variables in the environment must not reroute
+    # the bearer token through a host the operator did not name.
+    return httpx.AsyncClient(
+        timeout=settings.poll_timeout_s,
+        follow_redirects=False,
+        trust_env=False,
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
+    )
+
+
+def build_webhook_client(settings: Settings) -> httpx.AsyncClient:
+    """Return the httpx client every webhook attempt of this process shares."""
+    return httpx.AsyncClient(
+        timeout=settings.delivery_timeout_s,
+        follow_redirects=False,
+        trust_env=False,
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+    )
+
+
 class Runtime:
     """The worker process's event loop thread and shared clients."""
 
@@ -48,6 +78,7 @@ class Runtime:
             target=self.loop.run_forever, name="relay-io", daemon=True
         )
         self._thread.start()
+        self._slots = threading.BoundedSemaphore(MAX_BATCHES_IN_FLIGHT)
         self.run(self._open())
 
     async def _open(self) -> None:
@@ -56,20 +87,8 @@ class Runtime:
             settings.redis_url, socket_timeout=10, socket_connect_timeout=5
         )
         self.store = Store(self.redis, settings.key_prefix, settings.retention_s)
-        # trust_env=False: proxy variables in the environment must not reroute
-        # the bearer token or webhooks through a host the operator did not name.
-        self.upstream_http = httpx.AsyncClient(
-            timeout=settings.poll_timeout_s,
-            follow_redirects=False,
-            trust_env=False,
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
-        )
-        self.webhook_http = httpx.AsyncClient(
-            timeout=settings.delivery_timeout_s,
-            follow_redirects=False,
-            trust_env=False,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-        )
+        self.upstream_http = build_upstream_client(settings)
+        self.webhook_http = build_webhook_client(settings)
         self.poller = Poller(
             store=self.store,
             modelgates=ModelGatesClient(settings, self.upstream_http),
@@ -79,6 +98,40 @@ class Runtime:
             settings=settings,
         )
 
+    def hand_off(self, coroutine: Coroutine[Any, Any, object], batch: str) -> None:
+        """Start ``coroutine`` on the loop and return once it is accepted.
+
+        The RQ job returns as soon as its batch is running, so RQ fetches the
+        next batch while this one waits on the network. At most
+        ``MAX_BATCHES_IN_FLIGHT`` run at once; past that the call blocks. A
+        batch lost with the process is safe: its claims expire and the work
+        becomes due again.
+        """
+        self._slots.acquire()
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+        def release(done: concurrent.futures.Future[object]) -> None:
+            self._slots.release()
+            if not done.cancelled() and done.exception() is not None:
+                log.error("batch.failed", batch=batch, error=repr(done.exception()))
+
+        future.add_done_callback(release)
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until no batch is in flight; return False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        taken = 0
+        try:
+            while taken < MAX_BATCHES_IN_FLIGHT:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._slots.acquire(timeout=left):
+                    return False
+                taken += 1
+            return True
+        finally:
+            for _ in range(taken):
+                self._slots.release()
+
     def run(
         self, coroutine: Coroutine[Any, Any, T], timeout_s: float | None = None
     ) -> T:
@@ -87,7 +140,9 @@ class Runtime:
         return future.result(timeout_s)
 
     def close(self) -> None:
-        """Close the clients and stop the loop thread."""
+        """Let running batches finish, close the clients, stop the loop thread."""
+        if not self.drain(timeout_s=self.settings.lease_s / 2):
+            log.warning("runtime.batches_abandoned")
         self.run(self._close(), timeout_s=10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
