@@ -127,13 +127,27 @@ class Store:
             raw = await self.client.hgetall(self.keys.tracker(tracker_id))
         return decode(raw) or None
 
-    async def trackers(self, tracker_ids: list[str]) -> list[dict[str, str] | None]:
-        """Return several trackers in one round trip."""
+    async def trackers(
+        self, tracker_ids: list[str]
+    ) -> tuple[list[dict[str, str] | None], int]:
+        """Return several trackers and Redis's clock (epoch ms) in one round trip.
+
+        Workers judge deadlines by Redis's clock, so skew between worker
+        hosts changes nothing.
+        """
         async with translate_errors(), self.client.pipeline(transaction=False) as pipe:
+            pipe.time()
             for tracker_id in tracker_ids:
                 pipe.hgetall(self.keys.tracker(tracker_id))
-            rows = await pipe.execute()
-        return [decode(row) or None for row in rows]
+            clock, *rows = await pipe.execute()
+        now_ms = int(clock[0]) * 1000 + int(clock[1]) // 1000
+        return [decode(row) or None for row in rows], now_ms
+
+    async def now_ms(self) -> int:
+        """Return Redis's clock in epoch milliseconds."""
+        async with translate_errors():
+            seconds, micros = await self.client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
 
     async def event(self, event_id: str) -> dict[bytes, bytes]:
         """Return an event's raw fields; the body stays bytes."""

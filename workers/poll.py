@@ -47,13 +47,16 @@ def jittered(delay_s: float, jitter: float) -> float:
 async def poll_trackers(poller: Poller, tracker_ids: list[str]) -> dict[str, int]:
     """Poll a batch concurrently; return how many polls ended in each kind."""
     started = time.perf_counter()
-    trackers = await poller.store.trackers(tracker_ids)
+    trackers, now_ms = await poller.store.trackers(tracker_ids)
     by_cred: dict[str, list[tuple[str, dict[str, str] | None]]] = defaultdict(list)
     for tracker_id, tracker in zip(tracker_ids, trackers, strict=True):
         by_cred[tracker_id.split(":", 1)[0]].append((tracker_id, tracker))
 
     groups = await asyncio.gather(
-        *(_poll_within_budget(poller, cred, items) for cred, items in by_cred.items())
+        *(
+            _poll_within_budget(poller, cred, items, now_ms)
+            for cred, items in by_cred.items()
+        )
     )
     counts: Counter[str] = Counter()
     for group in groups:
@@ -68,7 +71,10 @@ async def poll_trackers(poller: Poller, tracker_ids: list[str]) -> dict[str, int
 
 
 async def _poll_within_budget(
-    poller: Poller, cred: str, items: list[tuple[str, dict[str, str] | None]]
+    poller: Poller,
+    cred: str,
+    items: list[tuple[str, dict[str, str] | None]],
+    now_ms: int,
 ) -> Counter[str]:
     """Poll one key's trackers as its token bucket allows; defer the rest."""
     updates: list[TrackerUpdate] = []
@@ -78,7 +84,8 @@ async def _poll_within_budget(
     while waiting:
         granted, wait_s = await poller.limiter.acquire(cred, len(waiting))
         for tracker_id, tracker in waiting[:granted]:
-            task = asyncio.create_task(_poll_one(poller, tracker_id, tracker, updates))
+            polling = _poll_one(poller, tracker_id, tracker, updates, now_ms)
+            task = asyncio.create_task(polling)
             tasks.append((tracker_id, task))
         waiting = waiting[granted:]
         if not waiting:
@@ -109,7 +116,9 @@ async def _poll_one(
     tracker_id: str,
     tracker: dict[str, str] | None,
     updates: list[TrackerUpdate],
+    now_ms: int,
 ) -> str:
+    """Poll one tracker; ``now_ms`` is Redis's clock when the batch began."""
     store = poller.store
     if tracker is None:
         updates.append(TrackerUpdate(tracker_id, 0, {}))
@@ -118,7 +127,7 @@ async def _poll_one(
     job_id = tracker_id.split(":", 1)[1]
     polls = int(tracker["polls"]) + 1
     deadline_ms = int(tracker["deadline_ms"])
-    if time.time() * 1000 > deadline_ms:
+    if now_ms > deadline_ms:
         # The API set the deadline at registration; this worker's own setting
         # may differ, so the reason states the tracker's.
         tracked_s = (deadline_ms - int(tracker["created_at_ms"])) / 1000
@@ -209,7 +218,7 @@ async def finish(
     """End a tracker: one event per registration that subscribed to ``event_type``."""
     if snapshot is None:
         snapshot = json.loads(tracker.get("snapshot") or "{}")
-    detected_at_ms = int(time.time() * 1000)
+    detected_at_ms = await store.now_ms()
     snapshot_json = json.dumps(snapshot)
 
     for _ in range(FINISH_RETRIES):
