@@ -25,7 +25,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import FromPath, JSONBody
-from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay import keys as keyspace
@@ -195,6 +195,34 @@ async def list_attempts(
     )
 
 
+@post("/registrations/{registration_id:str}/redeliver", status_code=HTTP_202_ACCEPTED)
+async def redeliver_registration(
+    registration_id: FromPath[str], state: State
+) -> views.Registration:
+    """Send the registration's webhook again, with the same ``webhook-id``.
+
+    Works for delivered, exhausted and gone events alike; the attempt count
+    starts again from the first step of the retry schedule.
+    """
+    store: Store = state.store
+    result = await store.redeliver(registration_id)
+    view = await views.registration_view(store, registration_id)
+    if view is None:
+        raise NotFoundException(detail=f"registration {registration_id!r} not found")
+    if result == 0:
+        raise HTTPException(
+            status_code=409,
+            detail=f"registration {registration_id} has no webhook yet (state "
+            f"{view.state!r}); only a finished job's webhook can be redelivered",
+        )
+    log.info(
+        "registration.redelivered",
+        registration_id=registration_id,
+        already_pending=result == 2,
+    )
+    return view
+
+
 @delete("/registrations/{registration_id:str}")
 async def delete_registration(registration_id: FromPath[str], state: State) -> None:
     """Stop tracking; no webhook is sent for this registration afterwards."""
@@ -277,6 +305,7 @@ def create_app(settings: Settings) -> Litestar:
             create_registration,
             read_registration,
             list_attempts,
+            redeliver_registration,
             delete_registration,
         ],
         guards=[require_token],

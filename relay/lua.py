@@ -228,3 +228,27 @@ for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', due, ARGV[i]) end
 return #ARGV - 1
 """
 )
+
+# KEYS: event, registration, deliver schedule, attempts
+# ARGV: event ID
+# Sends a stored event again with the same ID: its state returns to pending,
+# its attempt count restarts, and the retention expiry is lifted. Returns 0
+# when there is no event, 2 when it is already pending, 1 otherwise.
+REDELIVER = (
+    _NOW
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'state') == 'pending' then return 2 end
+redis.call('HSET', KEYS[1], 'state', 'pending', 'attempts', 0)
+redis.call('HINCRBY', KEYS[1], 'redeliveries', 1)
+redis.call('HDEL', KEYS[1], 'finished_at_ms')
+local dedupe_key = redis.call('HGET', KEYS[1], 'dedupe_key')
+redis.call('PERSIST', KEYS[1])
+redis.call('PERSIST', KEYS[2])
+redis.call('PERSIST', KEYS[4])
+if dedupe_key then redis.call('PERSIST', dedupe_key) end
+redis.call('HSET', KEYS[2], 'state', 'delivering', 'updated_at_ms', now_ms)
+redis.call('ZADD', KEYS[3], now, ARGV[1])
+return 1
+"""
+)

@@ -9,6 +9,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from urllib.parse import urlsplit
 
 from relay.errors import SettingsError
@@ -46,6 +47,8 @@ class Settings:
     api_port: int = 8000
     api_token: Secret = field(default_factory=lambda: Secret(""))
     signing_secrets: tuple[Secret, ...] = ()
+    previous_signing_secrets: tuple[Secret, ...] = ()
+    previous_signing_until_s: float = 0.0
     modelgates_base_url: str = ""
     modelgates_api_key: Secret = field(default_factory=lambda: Secret(""))
 
@@ -62,6 +65,8 @@ class Settings:
     delivery_timeout_s: float = 15.0
     delivery_retry_schedule_s: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE_S
     delivery_jitter: float = 0.2
+    delivery_concurrency: int = 200
+    delivery_per_host: int = 8
 
     callback_allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     retention_s: float = 7 * 86400.0
@@ -83,6 +88,11 @@ class Settings:
             api_port=env.integer("RELAY_API_PORT", cls.api_port, low=1, high=65535),
             api_token=Secret(env.text("RELAY_API_TOKEN", "")),
             signing_secrets=_signing_secrets(env.text("RELAY_SIGNING_SECRET", "")),
+            previous_signing_secrets=_signing_secrets(
+                env.text("RELAY_SIGNING_SECRET_PREVIOUS", ""),
+                "RELAY_SIGNING_SECRET_PREVIOUS",
+            ),
+            previous_signing_until_s=env.moment("RELAY_SIGNING_SECRET_PREVIOUS_UNTIL"),
             modelgates_base_url=_base_url(env.text("MODELGATES_BASE_URL", "")),
             modelgates_api_key=Secret(env.text("MODELGATES_API_KEY", "")),
             poll_first_delay_s=env.number("RELAY_POLL_FIRST_DELAY_S", 5.0, low=0),
@@ -99,6 +109,10 @@ class Settings:
                 "RELAY_DELIVERY_RETRY_SCHEDULE_S", DEFAULT_RETRY_SCHEDULE_S
             ),
             delivery_jitter=env.number("RELAY_DELIVERY_JITTER", 0.2, low=0, high=0.5),
+            delivery_concurrency=env.integer(
+                "RELAY_DELIVERY_CONCURRENCY", 200, low=1, high=10000
+            ),
+            delivery_per_host=env.integer("RELAY_DELIVERY_PER_HOST", 8, low=1),
             callback_allow_cidrs=env.networks("RELAY_CALLBACK_ALLOW_CIDRS"),
             retention_s=env.number("RELAY_RETENTION_S", 604800.0, low=60),
             batch_size=env.integer("RELAY_BATCH_SIZE", 100, low=1, high=10000),
@@ -113,7 +127,22 @@ class Settings:
             ),
         )
         settings._check_lease()
+        settings._check_rotation()
         return settings
+
+    def active_signing_secrets(self, now_s: float) -> tuple[Secret, ...]:
+        """Return the secrets to sign with at ``now_s``: new first, old in grace."""
+        if now_s < self.previous_signing_until_s:
+            return self.signing_secrets + self.previous_signing_secrets
+        return self.signing_secrets
+
+    def _check_rotation(self) -> None:
+        if self.previous_signing_secrets and not self.previous_signing_until_s:
+            raise SettingsError(
+                "RELAY_SIGNING_SECRET_PREVIOUS needs "
+                "RELAY_SIGNING_SECRET_PREVIOUS_UNTIL, the end of the grace period "
+                "(RFC 3339, e.g. 2027-01-31T00:00:00Z)"
+            )
 
     def require_api(self) -> None:
         """Raise SettingsError unless the API's own settings are present."""
@@ -201,6 +230,26 @@ class _Reader:
             )
         return value
 
+    def moment(self, name: str) -> float:
+        """Parse an RFC 3339 timestamp or epoch seconds; 0 when unset."""
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return 0.0
+        try:
+            return float(raw)
+        except ValueError:
+            pass
+        try:
+            moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise SettingsError(
+                f"{name} must be an RFC 3339 time such as 2027-01-31T00:00:00Z "
+                f"or epoch seconds, got {raw!r}"
+            ) from None
+        if moment.tzinfo is None:
+            raise SettingsError(f"{name} must include a time zone, got {raw!r}")
+        return moment.timestamp()
+
     def schedule(self, name: str, default: tuple[float, ...]) -> tuple[float, ...]:
         raw = self._environ.get(name, "").strip()
         if not raw:
@@ -240,27 +289,28 @@ def _check_range(name: str, value: float, low: float, high: float | None) -> Non
         raise SettingsError(f"{name} must be {bound}, got {value:g}")
 
 
-def _signing_secrets(raw: str) -> tuple[Secret, ...]:
-    """Parse one secret, or several separated by spaces during a rotation."""
-    return tuple(Secret(part) for part in raw.split() if _check_secret(part))
+def _signing_secrets(
+    raw: str, name: str = "RELAY_SIGNING_SECRET"
+) -> tuple[Secret, ...]:
+    """Parse one secret, or several separated by spaces."""
+    return tuple(Secret(part) for part in raw.split() if _check_secret(part, name))
 
 
-def _check_secret(secret: str) -> bool:
+def _check_secret(secret: str, name: str) -> bool:
     if not secret.startswith(SIGNING_SECRET_PREFIX):
         raise SettingsError(
-            "RELAY_SIGNING_SECRET must start with 'whsec_' followed by base64; "
+            f"{name} must start with 'whsec_' followed by base64; "
             "generate one with: relay secret"
         )
     try:
         key = base64.b64decode(secret[len(SIGNING_SECRET_PREFIX) :], validate=True)
     except binascii.Error:
         raise SettingsError(
-            "RELAY_SIGNING_SECRET has invalid base64 after 'whsec_'; "
-            "generate one with: relay secret"
+            f"{name} has invalid base64 after 'whsec_'; generate one with: relay secret"
         ) from None
     if not 24 <= len(key) <= 64:
         raise SettingsError(
-            f"RELAY_SIGNING_SECRET must encode 24 to 64 bytes, got {len(key)}; "
+            f"{name} must encode 24 to 64 bytes, got {len(key)}; "
             "generate one with: relay secret"
         )
     return True

@@ -74,6 +74,7 @@ class Store:
         self._event_record = client.register_script(lua.EVENT_RECORD)
         self._delete = client.register_script(lua.DELETE)
         self._defer = client.register_script(lua.DEFER)
+        self._redeliver = client.register_script(lua.REDELIVER)
 
     async def register(
         self,
@@ -222,6 +223,13 @@ class Store:
                 keys=[self.keys.poll_schedule], args=[delay_s, *tracker_ids]
             )
 
+    async def defer_deliveries(self, event_ids: list[str], delay_s: float) -> None:
+        """Put claimed events back on the schedule, due after ``delay_s``."""
+        async with translate_errors():
+            await self._defer(
+                keys=[self.keys.deliver_schedule], args=[delay_s, *event_ids]
+            )
+
     async def tracker_registrations(self, tracker_id: str) -> list[dict[str, str]]:
         """Return the registrations a tracker serves that still await an outcome."""
         keys = self.keys
@@ -299,6 +307,22 @@ class Store:
                 ],
             )
         return bool(changed)
+
+    async def redeliver(self, registration_id: str) -> int:
+        """Queue a registration's event again; see ``lua.REDELIVER`` for results."""
+        keys = self.keys
+        event_id = event_id_for(registration_id)
+        async with translate_errors():
+            result = await self._redeliver(
+                keys=[
+                    keys.event(event_id),
+                    keys.registration(registration_id),
+                    keys.deliver_schedule,
+                    keys.attempts(event_id),
+                ],
+                args=[event_id],
+            )
+        return int(result)
 
     async def schema_version(self) -> int | None:
         """Return the keyspace version ``relay migrate`` applied, if any."""

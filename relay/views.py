@@ -39,6 +39,7 @@ class Attempt(msgspec.Struct):
     duration_ms: float
     error: str | None = None
     response_excerpt: str | None = None
+    round: int = 1
 
 
 class Delivery(msgspec.Struct):
@@ -84,6 +85,7 @@ def attempt_view(row: dict[str, Any]) -> Attempt:
         duration_ms=float(row.get("duration_ms", 0.0)),
         error=row.get("error"),
         response_excerpt=row.get("response_excerpt"),
+        round=int(row.get("round", 1)),
     )
 
 

@@ -132,9 +132,13 @@ def _handler(receiver: WebhookReceiver) -> type[BaseHTTPRequestHandler]:
                 self.send_response(behaviour.status)
                 for name, value in behaviour.headers:
                     self.send_header(name, value)
-                self.send_header("content-length", "2")
+                # A 204 carries no body; stray bytes would corrupt the next
+                # response on this keep-alive connection.
+                body = b"" if behaviour.status == 204 else b"ok"
+                if behaviour.status != 204:
+                    self.send_header("content-length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(b"ok")
+                self.wfile.write(body)
             except (BrokenPipeError, ConnectionResetError):
                 pass
 

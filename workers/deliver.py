@@ -22,71 +22,98 @@ from workers.runtime import get_runtime
 log = structlog.get_logger(__name__)
 
 RESPONSE_EXCERPT_BYTES = 1024
-PER_HOST_CONCURRENCY = 8
+# An event whose host is saturated waits this long before it is tried again.
+SATURATED_DELAY_S = 1.0
+
+
+class Deliverer:
+    """Runs webhook attempts as independent tasks, capped per host and in all.
+
+    A batch only starts attempts and returns, so a receiver that never
+    answers holds its own host's slots until the attempt deadline and
+    nothing else. Events for a saturated host go back on the schedule.
+    """
+
+    def __init__(
+        self, store: Store, http: httpx.AsyncClient, settings: Settings
+    ) -> None:
+        self.store = store
+        self.http = http
+        self.settings = settings
+        self.in_flight: dict[str, int] = {}
+        self.tasks: set[asyncio.Task[str]] = set()
+
+    async def deliver_events(self, event_ids: list[str]) -> dict[str, int]:
+        """Start an attempt for each due event that has a free slot."""
+        started = time.perf_counter()
+        rows = await self.store.events(event_ids)
+        counts: Counter[str] = Counter()
+        saturated = []
+        for event_id, row in zip(event_ids, rows, strict=True):
+            if row.get(b"state") != b"pending":
+                await self.store.client.zrem(self.store.keys.deliver_schedule, event_id)
+                counts["skipped"] += 1
+                continue
+            host = urlsplit(row[b"callback_url"].decode()).hostname or ""
+            if not self._has_slot(host):
+                saturated.append(event_id)
+                continue
+            self._start(event_id, host, row)
+            counts["started"] += 1
+
+        if saturated:
+            await self.store.defer_deliveries(saturated, SATURATED_DELAY_S)
+            counts["deferred"] = len(saturated)
+        log.info(
+            "webhook.batch_started",
+            size=len(event_ids),
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            **counts,
+        )
+        return dict(counts)
+
+    async def wait_idle(self) -> None:
+        """Wait for every running attempt, for a clean shutdown."""
+        if self.tasks:
+            await asyncio.wait(set(self.tasks))
+
+    def _has_slot(self, host: str) -> bool:
+        settings = self.settings
+        return (
+            len(self.tasks) < settings.delivery_concurrency
+            and self.in_flight.get(host, 0) < settings.delivery_per_host
+        )
+
+    def _start(self, event_id: str, host: str, row: dict[bytes, bytes]) -> None:
+        self.in_flight[host] = self.in_flight.get(host, 0) + 1
+        task = asyncio.create_task(self._attempt(event_id, row))
+        self.tasks.add(task)
+
+        def finished(done: asyncio.Task[str]) -> None:
+            self.tasks.discard(done)
+            self.in_flight[host] -= 1
+            if not self.in_flight[host]:
+                del self.in_flight[host]
+            if not done.cancelled() and done.exception() is not None:
+                # The event's lease runs out and it is attempted again later.
+                log.error(
+                    "webhook.crashed", event_id=event_id, error=repr(done.exception())
+                )
+
+        task.add_done_callback(finished)
+
+    async def _attempt(self, event_id: str, row: dict[bytes, bytes]) -> str:
+        url = row[b"callback_url"].decode()
+        attempt = await send(self.http, self.settings, event_id, url, row[b"body"])
+        attempt["attempt"] = int(row[b"attempts"]) + 1
+        attempt["round"] = int(row.get(b"redeliveries", b"0")) + 1
+        return await _record(self.store, self.settings, event_id, row, attempt)
 
 
 def deliver_batch(event_ids: list[str]) -> None:
     """RQ entry point: start a batch of delivery attempts on the event loop."""
     runtime = get_runtime()
-    runtime.hand_off(
-        deliver_events(
-            runtime.store, runtime.webhook_http, runtime.settings, event_ids
-        ),
-        "deliver",
-    )
-
-
-async def deliver_events(
-    store: Store, http: httpx.AsyncClient, settings: Settings, event_ids: list[str]
-) -> dict[str, int]:
-    """Attempt a batch concurrently, at most a few at a time per host."""
-    started = time.perf_counter()
-    rows = await store.events(event_ids)
-    gates: dict[str, asyncio.Semaphore] = {}
-    results = await asyncio.gather(
-        *(
-            _deliver_one(store, http, settings, gates, event_id, row)
-            for event_id, row in zip(event_ids, rows, strict=True)
-        ),
-        return_exceptions=True,
-    )
-
-    counts: Counter[str] = Counter()
-    for event_id, result in zip(event_ids, results, strict=True):
-        if isinstance(result, BaseException):
-            # The event's lease runs out and it is attempted again later.
-            log.error("webhook.crashed", event_id=event_id, error=repr(result))
-            counts["crashed"] += 1
-        else:
-            counts[result] += 1
-    log.info(
-        "webhook.batch_finished",
-        size=len(event_ids),
-        duration_ms=round((time.perf_counter() - started) * 1000, 1),
-        **counts,
-    )
-    return dict(counts)
-
-
-async def _deliver_one(
-    store: Store,
-    http: httpx.AsyncClient,
-    settings: Settings,
-    gates: dict[str, asyncio.Semaphore],
-    event_id: str,
-    row: dict[bytes, bytes],
-) -> str:
-    if row.get(b"state") != b"pending":
-        await store.client.zrem(store.keys.deliver_schedule, event_id)
-        return "skipped"
-
-    url = row[b"callback_url"].decode()
-    host = urlsplit(url).hostname or ""
-    gate = gates.setdefault(host, asyncio.Semaphore(PER_HOST_CONCURRENCY))
-    async with gate:
-        attempt = await send(http, settings, event_id, url, row[b"body"])
-    attempt["attempt"] = int(row[b"attempts"]) + 1
-    return await _record(store, settings, event_id, row, attempt)
+    runtime.hand_off(runtime.deliverer.deliver_events(event_ids), "deliver")
 
 
 async def send(
@@ -102,7 +129,8 @@ async def send(
         return attempt
 
     timestamp_s = int(time.time())
-    headers = signing.headers(settings.signing_secrets, event_id, timestamp_s, body)
+    secrets = settings.active_signing_secrets(timestamp_s)
+    headers = signing.headers(secrets, event_id, timestamp_s, body)
     try:
         async with asyncio.timeout(settings.delivery_timeout_s):
             async with http.stream("POST", url, content=body, headers=headers) as reply:

@@ -89,6 +89,10 @@ class Runtime:
         self.store = Store(self.redis, settings.key_prefix, settings.retention_s)
         self.upstream_http = build_upstream_client(settings)
         self.webhook_http = build_webhook_client(settings)
+        # Imported here: workers.deliver imports this module for its RQ job.
+        from workers.deliver import Deliverer
+
+        self.deliverer = Deliverer(self.store, self.webhook_http, settings)
         self.poller = Poller(
             store=self.store,
             modelgates=ModelGatesClient(settings, self.upstream_http),
@@ -148,6 +152,7 @@ class Runtime:
         self._thread.join(timeout=5)
 
     async def _close(self) -> None:
+        await asyncio.wait_for(self.deliverer.wait_idle(), self.settings.lease_s / 2)
         await self.upstream_http.aclose()
         await self.webhook_http.aclose()
         await self.redis.aclose()
