@@ -7,9 +7,10 @@ receiver plays in order, one per request, the last repeating.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -156,3 +157,77 @@ def running_receiver(secret: str) -> Iterator[WebhookReceiver]:
         yield receiver
     finally:
         receiver.stop()
+
+
+class RawServer:
+    """A TCP server on loopback whose replies a test writes byte by byte."""
+
+    def __init__(self, reply: Callable[[socket.socket], None]) -> None:
+        self._reply = reply
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self.connections = 0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            try:
+                _read_request(conn)
+                self._reply(conn)
+            except OSError:
+                pass
+
+    def start(self) -> RawServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=2)
+        self._listener.close()
+
+
+def _read_request(conn: socket.socket) -> None:
+    """Read one HTTP request with a Content-Length body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        rest += chunk
+
+
+@contextmanager
+def running_raw_server(reply: Callable[[socket.socket], None]) -> Iterator[RawServer]:
+    """Start a RawServer for the length of a ``with`` block."""
+    server = RawServer(reply).start()
+    try:
+        yield server
+    finally:
+        server.stop()

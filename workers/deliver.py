@@ -24,14 +24,18 @@ log = structlog.get_logger(__name__)
 RESPONSE_EXCERPT_BYTES = 1024
 # An event whose host is saturated waits this long before it is tried again.
 SATURATED_DELAY_S = 1.0
+# Events that may wait for a host's slots, as a multiple of its slots. Two
+# rounds of attempt deadlines stay well inside the claim's lease.
+HOST_QUEUE_ROUNDS = 2
 
 
 class Deliverer:
     """Runs webhook attempts as independent tasks, capped per host and in all.
 
-    A batch only starts attempts and returns, so a receiver that never
-    answers holds its own host's slots until the attempt deadline and
-    nothing else. Events for a saturated host go back on the schedule.
+    A batch only starts attempts and returns. Each destination runs at most
+    ``delivery_per_host`` attempts at once and queues a few more; past that,
+    its events go back on the schedule. A receiver that never answers so
+    holds only its own slots, and other hosts' webhooks go out undelayed.
     """
 
     def __init__(
@@ -40,11 +44,12 @@ class Deliverer:
         self.store = store
         self.http = http
         self.settings = settings
-        self.in_flight: dict[str, int] = {}
+        self.admitted: dict[str, int] = {}
+        self.slots: dict[str, asyncio.Semaphore] = {}
         self.tasks: set[asyncio.Task[str]] = set()
 
     async def deliver_events(self, event_ids: list[str]) -> dict[str, int]:
-        """Start an attempt for each due event that has a free slot."""
+        """Start an attempt for each due event whose host has room."""
         started = time.perf_counter()
         rows = await self.store.events(event_ids)
         counts: Counter[str] = Counter()
@@ -54,8 +59,8 @@ class Deliverer:
                 await self.store.client.zrem(self.store.keys.deliver_schedule, event_id)
                 counts["skipped"] += 1
                 continue
-            host = urlsplit(row[b"callback_url"].decode()).hostname or ""
-            if not self._has_slot(host):
+            host = destination(row[b"callback_url"].decode())
+            if not self._has_room(host):
                 saturated.append(event_id)
                 continue
             self._start(event_id, host, row)
@@ -73,27 +78,32 @@ class Deliverer:
         return dict(counts)
 
     async def wait_idle(self) -> None:
-        """Wait for every running attempt, for a clean shutdown."""
+        """Wait for every admitted attempt, for a clean shutdown."""
         if self.tasks:
             await asyncio.wait(set(self.tasks))
 
-    def _has_slot(self, host: str) -> bool:
+    def _has_room(self, host: str) -> bool:
         settings = self.settings
+        host_limit = settings.delivery_per_host * (1 + HOST_QUEUE_ROUNDS)
         return (
             len(self.tasks) < settings.delivery_concurrency
-            and self.in_flight.get(host, 0) < settings.delivery_per_host
+            and self.admitted.get(host, 0) < host_limit
         )
 
     def _start(self, event_id: str, host: str, row: dict[bytes, bytes]) -> None:
-        self.in_flight[host] = self.in_flight.get(host, 0) + 1
-        task = asyncio.create_task(self._attempt(event_id, row))
+        self.admitted[host] = self.admitted.get(host, 0) + 1
+        slots = self.slots.setdefault(
+            host, asyncio.Semaphore(self.settings.delivery_per_host)
+        )
+        task = asyncio.create_task(self._attempt(event_id, row, slots))
         self.tasks.add(task)
 
         def finished(done: asyncio.Task[str]) -> None:
             self.tasks.discard(done)
-            self.in_flight[host] -= 1
-            if not self.in_flight[host]:
-                del self.in_flight[host]
+            self.admitted[host] -= 1
+            if not self.admitted[host]:
+                del self.admitted[host]
+                del self.slots[host]
             if not done.cancelled() and done.exception() is not None:
                 # The event's lease runs out and it is attempted again later.
                 log.error(
@@ -102,12 +112,22 @@ class Deliverer:
 
         task.add_done_callback(finished)
 
-    async def _attempt(self, event_id: str, row: dict[bytes, bytes]) -> str:
+    async def _attempt(
+        self, event_id: str, row: dict[bytes, bytes], slots: asyncio.Semaphore
+    ) -> str:
         url = row[b"callback_url"].decode()
-        attempt = await send(self.http, self.settings, event_id, url, row[b"body"])
+        async with slots:
+            attempt = await send(self.http, self.settings, event_id, url, row[b"body"])
         attempt["attempt"] = int(row[b"attempts"]) + 1
         attempt["round"] = int(row.get(b"redeliveries", b"0")) + 1
         return await _record(self.store, self.settings, event_id, row, attempt)
+
+
+def destination(url: str) -> str:
+    """Return the ``host:port`` that per-destination limits apply to."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.hostname}:{port}"
 
 
 def deliver_batch(event_ids: list[str]) -> None:
@@ -135,10 +155,13 @@ async def send(
         async with asyncio.timeout(settings.delivery_timeout_s):
             async with http.stream("POST", url, content=body, headers=headers) as reply:
                 attempt["status_code"] = reply.status_code
-                attempt["response_excerpt"] = await _excerpt(reply)
                 attempt["retry_after"] = reply.headers.get("retry-after")
+                attempt["response_excerpt"] = await _excerpt(reply)
     except TimeoutError:
-        attempt["error"] = f"timed out after {settings.delivery_timeout_s:g} s"
+        # A status that arrived before the deadline still decides the
+        # outcome; only the body excerpt was cut short.
+        reading = "reading the response body " if attempt["status_code"] else ""
+        attempt["error"] = f"timed out {reading}after {settings.delivery_timeout_s:g} s"
     except httpx.HTTPError as exc:
         attempt["error"] = f"request failed: {type(exc).__name__}"
     attempt["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import socket
 import time
+from collections.abc import Callable
 
 import httpx
+import pytest
 import redis
+from standardwebhooks import Webhook
 
-from tests.conftest import SimulatorAdmin
-from tests.receivers import Behaviour, WebhookReceiver
+from tests.conftest import SIGNING_SECRET, SimulatorAdmin, WorkerFactory
+from tests.receivers import Behaviour, WebhookReceiver, running_raw_server
 from tests.workers.test_poll import register
 
 
@@ -119,3 +124,183 @@ def test_deliver_rejects_blocked_address(
     assert "not a public address" in attempts["attempts"][0]["error"]
     assert receiver.started == 0
     assert view["delivery"]["attempts"] == 4
+
+
+def drip(status_line: bytes) -> Callable[[socket.socket], None]:
+    """Reply with headers at once, then a body at one byte a second."""
+
+    def reply(conn: socket.socket) -> None:
+        conn.sendall(status_line + b"\r\ncontent-length: 60\r\n\r\n")
+        for _ in range(60):
+            conn.sendall(b"x")
+            time.sleep(1)
+
+    return reply
+
+
+def never_answer(conn: socket.socket) -> None:
+    time.sleep(5)
+
+
+def huge_body(conn: socket.socket) -> None:
+    size = 100 * 1024 * 1024
+    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
+    chunk = b"y" * 65536
+    for _ in range(size // len(chunk)):
+        conn.sendall(chunk)
+
+
+def test_deliver_honours_retry_after(
+    api: httpx.Client,
+    worker: object,
+    sim: SimulatorAdmin,
+    receiver: WebhookReceiver,
+) -> None:
+    limited = Behaviour(429, headers=(("retry-after", "2"),))
+    receiver.script("/hook", limited, Behaviour(204))
+    register(api, sim.job("completed"), receiver.url())
+
+    first, second = receiver.wait_for(2)
+
+    assert second.received_at - first.received_at >= 1.9
+
+
+def test_deliver_deadline_stops_drip(
+    api: httpx.Client, worker: object, sim: SimulatorAdmin
+) -> None:
+    with running_raw_server(drip(b"HTTP/1.1 500 Oops")) as server:
+        registration_id = register(api, sim.job("completed"), server.url())
+        attempts = wait_for_attempts(api, registration_id, 1)
+
+    first = attempts[-1]
+    assert first["status_code"] == 500
+    assert "timed out reading the response body" in first["error"]
+    assert first["duration_ms"] < 1600
+
+
+def test_deliver_keeps_first_kib_of_huge_body(
+    api: httpx.Client, worker: object, sim: SimulatorAdmin
+) -> None:
+    with running_raw_server(huge_body) as server:
+        registration_id = register(api, sim.job("completed"), server.url())
+        view = wait_for_state(api, registration_id, "delivered")
+
+    attempts = api.get(f"/v1/registrations/{registration_id}/attempts").json()
+    excerpt = attempts["attempts"][0]["response_excerpt"]
+    assert len(excerpt) == 1024
+    assert set(excerpt) == {"y"}
+    assert view["delivery"]["attempts"] == 1
+
+
+def test_deliver_silent_host_delays_no_other(
+    api: httpx.Client,
+    start_worker: WorkerFactory,
+    sim: SimulatorAdmin,
+    receiver: WebhookReceiver,
+) -> None:
+    start_worker(RELAY_DELIVERY_PER_HOST="2", RELAY_DELIVERY_TIMEOUT_S="1.4")
+    with running_raw_server(never_answer) as silent:
+        for _ in range(10):
+            register(api, sim.job("completed"), silent.url())
+        for _ in range(10):
+            register(api, sim.job("completed"), receiver.url())
+        started = time.monotonic()
+        receiver.wait_for(10, timeout_s=10)
+        elapsed_s = time.monotonic() - started
+
+        assert elapsed_s < 3
+        assert silent.connections <= 4
+
+
+def test_redeliver_sends_same_webhook_id(
+    api: httpx.Client,
+    worker: object,
+    sim: SimulatorAdmin,
+    receiver: WebhookReceiver,
+) -> None:
+    registration_id = register(api, sim.job("completed"), receiver.url())
+    [first] = receiver.wait_for(1)
+    wait_for_state(api, registration_id, "delivered")
+
+    reply = api.post(f"/v1/registrations/{registration_id}/redeliver")
+    first_again, second = receiver.wait_for(2)
+    view = wait_for_state(api, registration_id, "delivered")
+
+    assert reply.status_code == 202
+    assert second.headers["webhook-id"] == first.headers["webhook-id"]
+    assert second.body == first.body
+    assert int(second.headers["webhook-timestamp"]) >= int(
+        first.headers["webhook-timestamp"]
+    )
+    attempts = api.get(f"/v1/registrations/{registration_id}/attempts").json()
+    assert [a["round"] for a in attempts["attempts"]] == [2, 1]
+    assert view["delivery"]["attempts"] == 1
+
+
+def test_redeliver_revives_exhausted_event(
+    api: httpx.Client,
+    worker: object,
+    sim: SimulatorAdmin,
+    receiver: WebhookReceiver,
+) -> None:
+    receiver.script("/hook", Behaviour(500))
+    registration_id = register(api, sim.job("failed"), receiver.url())
+    wait_for_state(api, registration_id, "exhausted")
+    receiver.script("/hook", Behaviour(204))
+
+    reply = api.post(f"/v1/registrations/{registration_id}/redeliver")
+    view = wait_for_state(api, registration_id, "delivered")
+
+    assert reply.status_code == 202
+    assert view["delivery"]["state"] == "delivered"
+    assert len({d.headers["webhook-id"] for d in receiver.verified()}) == 1
+
+
+def test_redeliver_before_outcome_conflicts(
+    api: httpx.Client, sim: SimulatorAdmin, receiver: WebhookReceiver
+) -> None:
+    registration_id = register(api, sim.job("pending"), receiver.url())
+
+    reply = api.post(f"/v1/registrations/{registration_id}/redeliver")
+
+    assert reply.status_code == 409
+    assert "no webhook yet" in reply.json()["detail"]
+    assert api.post("/v1/registrations/reg_missing/redeliver").status_code == 404
+
+
+@pytest.mark.parametrize("in_grace", [True, False])
+def test_rotation_grace_signs_with_both(
+    api: httpx.Client,
+    start_worker: WorkerFactory,
+    sim: SimulatorAdmin,
+    receiver: WebhookReceiver,
+    in_grace: bool,
+) -> None:
+    new_secret = "whsec_" + base64.b64encode(b"n" * 32).decode()
+    until = "2999-01-01T00:00:00Z" if in_grace else "2000-01-01T00:00:00Z"
+    start_worker(
+        RELAY_SIGNING_SECRET=new_secret,
+        RELAY_SIGNING_SECRET_PREVIOUS=SIGNING_SECRET,
+        RELAY_SIGNING_SECRET_PREVIOUS_UNTIL=until,
+    )
+    register(api, sim.job("completed"), receiver.url())
+    receiver.wait_started(1)
+    time.sleep(0.3)
+
+    [delivery] = receiver.deliveries
+    signatures = delivery.headers["webhook-signature"].split(" ")
+    assert Webhook(new_secret).verify(delivery.body, delivery.headers)
+    assert len(signatures) == (2 if in_grace else 1)
+    assert delivery.verified is in_grace
+
+
+def wait_for_attempts(
+    api: httpx.Client, registration_id: str, count: int
+) -> list[dict]:  # type: ignore[type-arg]
+    deadline = time.monotonic() + 20
+    while True:
+        reply = api.get(f"/v1/registrations/{registration_id}/attempts").json()
+        if len(reply["attempts"]) >= count:
+            return reply["attempts"]  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, "attempts never recorded"
+        time.sleep(0.05)
