@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import random
 import time
 from collections import Counter
@@ -13,7 +12,8 @@ from urllib.parse import urlsplit
 import httpx
 import structlog
 
-from relay import signing, url_safety
+from relay import signing
+from relay.safe_transport import BlockedAddressError
 from relay.settings import Settings
 from relay.store import Store
 from relay.upstream import parse_retry_after
@@ -139,15 +139,12 @@ def deliver_batch(event_ids: list[str]) -> None:
 async def send(
     http: httpx.AsyncClient, settings: Settings, event_id: str, url: str, body: bytes
 ) -> dict[str, Any]:
-    """POST one signed attempt and return its record; HTTP errors become records."""
+    """POST one signed attempt and return its record; HTTP errors become records.
+
+    The client's transport rejects a blocked callback address when it connects.
+    """
     started = time.perf_counter()
     attempt: dict[str, Any] = {"at_ms": int(time.time() * 1000), "status_code": None}
-    blocked = await blocked_reason(url, settings)
-    if blocked:
-        attempt["error"] = f"callback host is not allowed: {blocked}"
-        attempt["duration_ms"] = 0.0
-        return attempt
-
     timestamp_s = int(time.time())
     secrets = settings.active_signing_secrets(timestamp_s)
     headers = signing.headers(secrets, event_id, timestamp_s, body)
@@ -162,31 +159,12 @@ async def send(
         # outcome; only the body excerpt was cut short.
         reading = "reading the response body " if attempt["status_code"] else ""
         attempt["error"] = f"timed out {reading}after {settings.delivery_timeout_s:g} s"
+    except BlockedAddressError as exc:
+        attempt["error"] = str(exc)
     except httpx.HTTPError as exc:
         attempt["error"] = f"request failed: {type(exc).__name__}"
     attempt["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
     return attempt
-
-
-async def blocked_reason(url: str, settings: Settings) -> str | None:
-    """Resolve the callback host and return why any of its addresses is blocked."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    allowed = settings.callback_allow_cidrs
-    reason = url_safety.blocked_host_reason(host, allowed)
-    if reason or url_safety.parse_literal(host) is not None:
-        return reason
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port)
-    except OSError:
-        return None  # The POST fails with its own, clearer connection error.
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        reason = url_safety.blocked_address_reason(address, allowed)
-        if reason:
-            return f"{host} resolves to {reason}"
-    return None
 
 
 async def _excerpt(reply: httpx.Response) -> str:

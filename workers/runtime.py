@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from relay.ratelimit import RateLimiter
+from relay.safe_transport import build_safe_client
 from relay.settings import Settings
 from relay.store import Store
 from relay.upstream import ModelGatesClient
@@ -59,13 +60,12 @@ def build_upstream_client(settings: Settings) -> httpx.AsyncClient:
 
 
 def build_webhook_client(settings: Settings) -> httpx.AsyncClient:
-    """Return the httpx client every webhook attempt of this process shares."""
-    return httpx.AsyncClient(
-        timeout=settings.delivery_timeout_s,
-        follow_redirects=False,
-        trust_env=False,
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-    )
+    """Return the httpx client every webhook attempt of this process shares.
+
+    Its transport resolves each callback host once per connection and connects
+    only to addresses that pass the ``url_safety`` rules.
+    """
+    return build_safe_client(settings.delivery_timeout_s, settings.callback_allow_cidrs)
 
 
 class Runtime:
