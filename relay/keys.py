@@ -26,8 +26,6 @@ from dataclasses import dataclass
 
 SCHEMA_VERSION = 1
 ATTEMPTS_KEPT = 50
-RQ_POLL_QUEUE = "relay-poll"
-RQ_DELIVER_QUEUE = "relay-deliver"
 
 
 def credential_id(api_key: str) -> str:
@@ -50,6 +48,16 @@ class Keys:
     @property
     def schema(self) -> str:
         return f"{self.prefix}schema"
+
+    @property
+    def poll_queue(self) -> str:
+        """Name of the RQ queue of poll batches (RQ adds its own ``rq:`` prefix)."""
+        return f"{self.prefix}poll"
+
+    @property
+    def deliver_queue(self) -> str:
+        """Name of the RQ queue of delivery batches."""
+        return f"{self.prefix}deliver"
 
     @property
     def poll_schedule(self) -> str:

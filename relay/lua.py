@@ -11,16 +11,22 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local now_ms = math.floor(now * 1000)
 """
 
-# KEYS: dedupe, registration, tracker, tracker registrations, poll schedule
-# ARGV: registration ID, tracker ID, first delay s, deadline s, then field pairs
+# KEYS: dedupe, registration, tracker, tracker registrations, poll schedule,
+#       schema
+# ARGV: registration ID, tracker ID, first delay s, deadline s, schema version,
+#       then field pairs
+# Returns {-1, ''} when the keyspace is not at the expected schema version,
+# for example after Redis restarted empty, so nothing is written that no
+# worker would process.
 REGISTER = (
     _NOW
     + """
+if redis.call('GET', KEYS[6]) ~= ARGV[5] then return {-1, ''} end
 local existing = redis.call('GET', KEYS[1])
 if existing then return {0, existing} end
 redis.call('SET', KEYS[1], ARGV[1])
 local fields = {'created_at_ms', now_ms, 'updated_at_ms', now_ms}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[2], unpack(fields))
 if redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('HSET', KEYS[3], 'tracker_id', ARGV[2], 'polls', 0, 'errors', 0,

@@ -21,6 +21,7 @@ EVENT_TYPES = (
 )
 MAX_JOB_ID_CHARS = 256
 MAX_CALLBACK_URL_CHARS = 2048
+MAX_METADATA_DEPTH = 32
 
 # Characters that could change the upstream path once the job ID is placed in
 # ``/api/v1/videos/{job_id}``, even after percent-encoding by a careless proxy.
@@ -143,12 +144,33 @@ def check_callback_url(url: str, settings: Settings) -> str:
         )
     if parts.fragment or url.endswith("#"):
         raise InputError("callback_url", "callback_url must not have a #fragment")
+    if not parts.hostname.isascii():
+        raise InputError(
+            "callback_url",
+            "callback_url host must be ASCII; write an international domain in "
+            "its punycode (xn--) form",
+        )
     reason = url_safety.blocked_host_reason(
         parts.hostname, settings.callback_allow_cidrs
     )
     if reason:
         raise InputError("callback_url", f"callback_url host is not allowed: {reason}")
-    return url
+    return normalize_url(url)
+
+
+def normalize_url(url: str) -> str:
+    """Lower-case the scheme and host and drop a default port or trailing dot.
+
+    Two spellings of one receiver then share one registration.
+    """
+    parts = urlsplit(url)
+    host = (parts.hostname or "").rstrip(".")
+    if ":" in host:
+        host = f"[{host}]"
+    default_port = 443 if parts.scheme.lower() == "https" else 80
+    if parts.port is not None and parts.port != default_port:
+        host = f"{host}:{parts.port}"
+    return parts._replace(scheme=parts.scheme.lower(), netloc=host).geturl()
 
 
 def check_events(events: list[str] | None) -> tuple[str, ...]:
@@ -171,9 +193,20 @@ def check_events(events: list[str] | None) -> tuple[str, ...]:
 
 def check_metadata(metadata: dict[str, Any] | None, max_bytes: int) -> str:
     """Return ``metadata`` as compact JSON if it fits in ``max_bytes``."""
-    encoded = json.dumps(
-        metadata or {}, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-    )
+    depth = _nesting_depth(metadata or {})
+    if depth > MAX_METADATA_DEPTH:
+        raise InputError(
+            "metadata",
+            f"metadata must nest at most {MAX_METADATA_DEPTH} levels, got {depth}",
+        )
+    try:
+        encoded = json.dumps(
+            metadata or {}, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        )
+    except ValueError:
+        raise InputError(
+            "metadata", "metadata must not contain NaN or infinite numbers"
+        ) from None
     size = len(encoded.encode())
     if size > max_bytes:
         raise InputError(
@@ -181,3 +214,20 @@ def check_metadata(metadata: dict[str, Any] | None, max_bytes: int) -> str:
             f"metadata must be at most {max_bytes} bytes as JSON, got {size}",
         )
     return encoded
+
+
+def _nesting_depth(value: Any) -> int:
+    """Return how deeply lists and objects nest in ``value``, without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest

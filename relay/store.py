@@ -19,7 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay import keys as keyspace
 from relay import lua
-from relay.errors import StoreUnavailableError
+from relay.errors import SchemaError, StoreUnavailableError
 from relay.registrations import NewRegistration, event_id_for
 
 TENANT = "default"
@@ -100,7 +100,13 @@ class Store:
             "event_id": event_id_for(registration_id),
             "dedupe_key": keys.dedupe(digest),
         }
-        args: list[Any] = [registration_id, tracker_id, first_delay_s, deadline_s]
+        args: list[Any] = [
+            registration_id,
+            tracker_id,
+            first_delay_s,
+            deadline_s,
+            keyspace.SCHEMA_VERSION,
+        ]
         for name, value in fields.items():
             args += [name, value]
         async with translate_errors():
@@ -111,8 +117,13 @@ class Store:
                     keys.tracker(tracker_id),
                     keys.tracker_registrations(tracker_id),
                     keys.poll_schedule,
+                    keys.schema,
                 ],
                 args=args,
+            )
+        if created == -1:
+            raise SchemaError(
+                "Redis keyspace has no current schema version; run `relay migrate`"
             )
         return bool(created), cast(bytes, found_id).decode()
 

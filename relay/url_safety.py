@@ -22,6 +22,8 @@ METADATA_ADDRESSES = frozenset(
     for text in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200")
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# IPv4-translated addresses (RFC 2765), written ::ffff:0:a.b.c.d.
+_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
 # Ranges that Python's ``ipaddress`` counts as global but that no public
 # receiver uses: deprecated site-local and NAT64 local-use addresses.
 _EXTRA_BLOCKED = (
@@ -53,6 +55,8 @@ def embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
         return None
     if address.ipv4_mapped:
         return address.ipv4_mapped
+    if address in _IPV4_TRANSLATED:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     if address.sixtofour:
         return address.sixtofour
     if address in _NAT64:

@@ -1,7 +1,7 @@
 """Shared fixtures: a real Redis server, the simulator, the API and workers.
 
-Redis is a server process the session starts (or ``REDIS_URL`` when set),
-flushed before each test. The simulator and the API run under uvicorn on
+Redis is a server process the session starts (or ``RELAY_TEST_REDIS_URL``
+when set), flushed before each test. The simulator and the API run under uvicorn on
 loopback; workers are ``relay worker`` subprocesses, so tests can kill them.
 """
 
@@ -38,8 +38,10 @@ PREFIX = "relay:"
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if os.environ.get("REDIS_URL"):
-        yield os.environ["REDIS_URL"]
+    # A separate variable from the relay's REDIS_URL, because every test
+    # flushes this database.
+    if os.environ.get("RELAY_TEST_REDIS_URL"):
+        yield os.environ["RELAY_TEST_REDIS_URL"]
         return
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     try:

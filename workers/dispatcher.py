@@ -15,7 +15,7 @@ import structlog
 from rq import Queue
 
 from relay import lua
-from relay.keys import RQ_DELIVER_QUEUE, RQ_POLL_QUEUE, Keys
+from relay.keys import Keys
 from relay.settings import Settings
 from workers.deliver import deliver_batch
 from workers.poll import poll_batch
@@ -37,8 +37,8 @@ class Dispatcher(threading.Thread):
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self._claim = connection.register_script(lua.CLAIM)
-        self._poll_queue = Queue(RQ_POLL_QUEUE, connection=connection)
-        self._deliver_queue = Queue(RQ_DELIVER_QUEUE, connection=connection)
+        self._poll_queue = Queue(self.keys.poll_queue, connection=connection)
+        self._deliver_queue = Queue(self.keys.deliver_queue, connection=connection)
         self._stopping = threading.Event()
 
     def stop(self) -> None:

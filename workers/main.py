@@ -7,7 +7,7 @@ import structlog
 from rq import Queue, SimpleWorker
 
 import migrations
-from relay.keys import RQ_DELIVER_QUEUE, RQ_POLL_QUEUE, Keys
+from relay.keys import Keys
 from relay.settings import Settings
 from workers.dispatcher import Dispatcher
 from workers.runtime import Runtime, close_runtime, install_runtime
@@ -21,7 +21,8 @@ def run_worker(settings: Settings, burst: bool = False) -> None:
     connection = redis.Redis.from_url(
         settings.redis_url, socket_timeout=30, socket_connect_timeout=5
     )
-    migrations.check(connection, Keys(settings.key_prefix))
+    keys = Keys(settings.key_prefix)
+    migrations.check(connection, keys)
 
     install_runtime(Runtime(settings))
     dispatcher = Dispatcher(settings, connection)
@@ -29,8 +30,8 @@ def run_worker(settings: Settings, burst: bool = False) -> None:
     # SimpleWorker runs jobs in this process: a batch is cheap, a fork per
     # batch is not, and the shared clients live in this process.
     queues = [
-        Queue(RQ_DELIVER_QUEUE, connection=connection),
-        Queue(RQ_POLL_QUEUE, connection=connection),
+        Queue(keys.deliver_queue, connection=connection),
+        Queue(keys.poll_queue, connection=connection),
     ]
     worker = SimpleWorker(queues, connection=connection)
     log.info("worker.started", name=worker.name, queues=[q.name for q in queues])

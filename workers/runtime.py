@@ -32,6 +32,8 @@ log = structlog.get_logger(__name__)
 # Batches one process runs at once. Two keep the network busy while RQ
 # fetches the next job; more only hold claims longer.
 MAX_BATCHES_IN_FLIGHT = 2
+# Concurrent polls and attempts wait for one of these rather than opening more.
+REDIS_CONNECTIONS = 64
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None
@@ -83,9 +85,14 @@ class Runtime:
 
     async def _open(self) -> None:
         settings = self.settings
-        self.redis = aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=10, socket_connect_timeout=5
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=REDIS_CONNECTIONS,
+            timeout=30,
+            socket_timeout=10,
+            socket_connect_timeout=5,
         )
+        self.redis = aioredis.Redis(connection_pool=pool)
         self.store = Store(self.redis, settings.key_prefix, settings.retention_s)
         self.upstream_http = build_upstream_client(settings)
         self.webhook_http = build_webhook_client(settings)

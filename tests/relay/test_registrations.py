@@ -17,6 +17,7 @@ from relay.registrations import (
     check_metadata,
     event_id_for,
     new_registration_id,
+    normalize_url,
     validate,
 )
 from relay.settings import Settings
@@ -99,11 +100,44 @@ def test_check_job_id_rejects_unsafe(job_id: str, rule: str) -> None:
         "http://hooks.example.com:8080/relay?tenant=7&x=%20",
         "https://8.8.8.8/hook",
         "https://[2001:4860:4860::8888]/hook",
-        "HTTPS://Hooks.Example.COM/relay",
     ],
 )
 def test_check_callback_url_accepts_public(url: str) -> None:
     assert check_callback_url(url, STRICT) == url
+
+
+@pytest.mark.parametrize(
+    ("url", "normalized"),
+    [
+        ("HTTPS://Hooks.Example.COM/relay", "https://hooks.example.com/relay"),
+        ("http://hooks.example.com:80/a", "http://hooks.example.com/a"),
+        ("https://hooks.example.com.:443/a?b=1", "https://hooks.example.com/a?b=1"),
+        ("http://[2001:db8::1]:8080/x", "http://[2001:db8::1]:8080/x"),
+        ("http://hooks.example.com:09/x", "http://hooks.example.com:9/x"),
+    ],
+)
+def test_normalize_url_joins_spellings(url: str, normalized: str) -> None:
+    assert normalize_url(url) == normalized
+
+
+def test_check_callback_url_rejects_unicode_host() -> None:
+    with pytest.raises(InputError) as raised:
+        check_callback_url("http://１２７.０.０.１/hook", STRICT)
+
+    assert "punycode" in raised.value.message
+
+
+def test_check_metadata_rejects_deep_nesting() -> None:
+    deep: dict[str, object] = {}
+    node = deep
+    for _ in range(40):
+        node["a"] = {}
+        node = node["a"]  # type: ignore[assignment]
+
+    with pytest.raises(InputError) as raised:
+        check_metadata(deep, 4096)
+
+    assert "nest at most 32 levels" in raised.value.message
 
 
 @pytest.mark.parametrize(
