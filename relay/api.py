@@ -29,6 +29,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPT
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay import keys as keyspace
+from relay import metrics as relay_metrics
 from relay import views
 from relay.errors import SchemaError, StoreUnavailableError
 from relay.registrations import InputError, new_registration_id, validate
@@ -194,6 +195,7 @@ async def create_registration(
             "and callback_url with other events or metadata; delete it first, or "
             "send the same values",
         )
+    await store.count("registrations", {"created" if created else "reused": 1})
     log.info(
         "registration.created" if created else "registration.reused",
         registration_id=registration_id,
@@ -282,6 +284,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@get("/metrics", media_type="text/plain; version=0.0.4", include_in_schema=False)
+async def metrics(state: State) -> str:
+    """Return fleet-wide metrics in the Prometheus text format."""
+    return await relay_metrics.render(state.store)
+
+
 @get("/readyz")
 async def readyz(state: State) -> Response[dict[str, Any]]:
     """Report whether Redis is reachable and its keyspace at this code's version."""
@@ -362,7 +370,7 @@ def create_app(settings: Settings) -> Litestar:
         security=[{"bearer": []}],
     )
     return Litestar(
-        route_handlers=[v1, healthz, readyz],
+        route_handlers=[v1, healthz, readyz, metrics],
         state=State(
             {
                 "settings": settings,

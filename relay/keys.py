@@ -13,6 +13,8 @@
 | attempts:{event}            | list   | newest delivery attempts first, capped     |
 | ratelimit:{cred}            | hash   | token bucket of one ModelGates key         |
 | pause:{cred}                | string | set while a 429 pauses that key (PX TTL)   |
+| stats:{name}                | hash   | fleet-wide counters for /metrics           |
+| idx:exhausted               | set    | IDs of events whose retries ran out        |
 
 A tracker ID is ``{cred}:{job}``: ``cred`` is a short digest of the ModelGates
 key, so the key itself is never stored, and two registrations of one job under
@@ -67,6 +69,10 @@ class Keys:
     def deliver_schedule(self) -> str:
         return f"{self.prefix}schedule:deliver"
 
+    @property
+    def exhausted(self) -> str:
+        return f"{self.prefix}idx:exhausted"
+
     def registration(self, registration_id: str) -> str:
         return f"{self.prefix}reg:{registration_id}"
 
@@ -90,6 +96,9 @@ class Keys:
 
     def pause(self, cred: str) -> str:
         return f"{self.prefix}pause:{cred}"
+
+    def stats(self, name: str) -> str:
+        return f"{self.prefix}stats:{name}"
 
     def tracker_id(self, cred: str, job_id: str) -> str:
         """Return the schedule member that names one upstream job."""

@@ -128,7 +128,7 @@ return created
 """
 )
 
-# KEYS: event, registration, deliver schedule, attempts
+# KEYS: event, registration, deliver schedule, attempts, exhausted index
 # ARGV: event ID, attempt JSON, outcome (delivered|retry|exhausted|gone),
 #       delay s, attempts kept, retention s
 # Only a pending event changes, so a late or repeated attempt cannot undo a
@@ -154,6 +154,7 @@ if outcome == 'retry' then
 end
 redis.call('HSET', KEYS[1], 'state', outcome, 'finished_at_ms', now_ms)
 redis.call('ZREM', KEYS[3], ARGV[1])
+if outcome == 'exhausted' then redis.call('SADD', KEYS[5], ARGV[1]) end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('HSET', KEYS[2], 'state', outcome, 'updated_at_ms', now_ms)
 end
@@ -170,7 +171,7 @@ return 1
 )
 
 # KEYS: dedupe, registration, tracker, tracker registrations, poll schedule,
-#       event, deliver schedule, attempts
+#       event, deliver schedule, attempts, exhausted index
 # ARGV: registration ID, tracker ID, event ID
 # Removes a registration and its event; its tracker goes too when no
 # registration is left.
@@ -178,6 +179,7 @@ DELETE = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[6], KEYS[8])
 redis.call('ZREM', KEYS[7], ARGV[3])
+redis.call('SREM', KEYS[9], ARGV[3])
 redis.call('SREM', KEYS[4], ARGV[1])
 if redis.call('SCARD', KEYS[4]) == 0 then
   redis.call('DEL', KEYS[3])
@@ -235,7 +237,7 @@ return #ARGV - 1
 """
 )
 
-# KEYS: event, registration, deliver schedule, attempts
+# KEYS: event, registration, deliver schedule, attempts, exhausted index
 # ARGV: event ID
 # Sends a stored event again with the same ID: its state returns to pending,
 # its attempt count restarts, and the retention expiry is lifted. Returns 0
@@ -255,6 +257,7 @@ redis.call('PERSIST', KEYS[4])
 if dedupe_key then redis.call('PERSIST', dedupe_key) end
 redis.call('HSET', KEYS[2], 'state', 'delivering', 'updated_at_ms', now_ms)
 redis.call('ZADD', KEYS[3], now, ARGV[1])
+redis.call('SREM', KEYS[5], ARGV[1])
 return 1
 """
 )

@@ -201,6 +201,7 @@ class Store:
                     keys.event(event_id),
                     keys.deliver_schedule,
                     keys.attempts(event_id),
+                    keys.exhausted,
                 ],
                 args=[registration_id, tracker_id, event_id],
             )
@@ -307,6 +308,7 @@ class Store:
                     keys.registration(registration_id),
                     keys.deliver_schedule,
                     keys.attempts(event_id),
+                    keys.exhausted,
                 ],
                 args=[
                     event_id,
@@ -330,10 +332,26 @@ class Store:
                     keys.registration(registration_id),
                     keys.deliver_schedule,
                     keys.attempts(event_id),
+                    keys.exhausted,
                 ],
                 args=[event_id],
             )
         return int(result)
+
+    async def count(self, name: str, counts: Mapping[str, int]) -> None:
+        """Add ``counts`` to the fleet-wide counters of ``name``."""
+        if not counts:
+            return
+        async with translate_errors(), self.client.pipeline(transaction=False) as pipe:
+            for field, amount in counts.items():
+                pipe.hincrby(self.keys.stats(name), field, amount)
+            await pipe.execute()
+
+    async def counters(self, name: str) -> dict[str, int]:
+        """Return the fleet-wide counters of ``name``."""
+        async with translate_errors():
+            raw = await self.client.hgetall(self.keys.stats(name))
+        return {field: int(value) for field, value in decode(raw).items()}
 
     async def schema_version(self) -> int | None:
         """Return the keyspace version ``relay migrate`` applied, if any."""

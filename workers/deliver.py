@@ -187,6 +187,27 @@ async def _record(
     registration_id = row[b"registration_id"].decode()
     status_code = attempt["status_code"]
     retry_after = parse_retry_after(attempt.pop("retry_after", None))
+    schedule = settings.delivery_retry_schedule_s
+
+    delay_s = 0.0
+    if status_code is not None and 200 <= status_code < 300:
+        outcome = "delivered"
+    elif status_code == 410:
+        outcome = "gone"
+    elif attempt["attempt"] > len(schedule):
+        outcome = "exhausted"
+    else:
+        outcome = "retry"
+        delay_s = retry_delay_s(schedule[attempt["attempt"] - 1], settings, retry_after)
+
+    # Only a pending event changes, so a repeated attempt is neither counted
+    # nor logged twice: an exhausted event logs one ERROR line.
+    if not await store.record_attempt(
+        event_id, registration_id, attempt, outcome, delay_s
+    ):
+        return "stale"
+    status_class = f"{status_code // 100}xx" if status_code else "none"
+    await store.count("attempts", {f"{outcome}:{status_class}": 1})
     fields = {
         "event_id": event_id,
         "registration_id": registration_id,
@@ -194,31 +215,20 @@ async def _record(
         "status_code": status_code,
         "duration_ms": attempt["duration_ms"],
     }
-
-    if status_code is not None and 200 <= status_code < 300:
-        await store.record_attempt(event_id, registration_id, attempt, "delivered")
+    if outcome == "delivered":
         log.info("webhook.delivered", **fields)
-        return "delivered"
-    if status_code == 410:
-        await store.record_attempt(event_id, registration_id, attempt, "gone")
+    elif outcome == "gone":
         log.warning("webhook.gone", **fields)
-        return "gone"
-
-    schedule = settings.delivery_retry_schedule_s
-    if attempt["attempt"] > len(schedule):
-        await store.record_attempt(event_id, registration_id, attempt, "exhausted")
+    elif outcome == "exhausted":
         log.error("webhook.exhausted", error=attempt.get("error"), **fields)
-        return "exhausted"
-
-    delay_s = retry_delay_s(schedule[attempt["attempt"] - 1], settings, retry_after)
-    await store.record_attempt(event_id, registration_id, attempt, "retry", delay_s)
-    log.warning(
-        "webhook.retry_scheduled",
-        error=attempt.get("error"),
-        delay_s=round(delay_s, 2),
-        **fields,
-    )
-    return "retry"
+    else:
+        log.warning(
+            "webhook.retry_scheduled",
+            error=attempt.get("error"),
+            delay_s=round(delay_s, 2),
+            **fields,
+        )
+    return outcome
 
 
 def retry_delay_s(

@@ -61,6 +61,7 @@ async def poll_trackers(poller: Poller, tracker_ids: list[str]) -> dict[str, int
     counts: Counter[str] = Counter()
     for group in groups:
         counts.update(group)
+    await poller.store.count("polls", counts)
     log.info(
         "poll.batch_finished",
         size=len(tracker_ids),
@@ -245,6 +246,7 @@ async def finish(
             filtered,
         )
         if created >= 0:
+            await store.count("events", {event_type: created} if created else {})
             log.info(
                 "tracker.finished",
                 job_id=tracker_id.split(":", 1)[1],

@@ -628,3 +628,17 @@ def test_empty_token_setting_stops_app(start_api: ApiFactory) -> None:
         start_api(RELAY_API_TOKEN="")
 
     assert "RELAY_API_TOKEN" in str(raised.value)
+
+
+def test_metrics_count_fleet_outcomes(api: httpx.Client) -> None:
+    create(api)
+    create(api)
+
+    response = api.get("/metrics")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert 'relay_registrations_total{result="created"} 1' in response.text
+    assert 'relay_registrations_total{result="reused"} 1' in response.text
+    assert "relay_tracked_jobs 1" in response.text
+    assert "relay_exhausted_webhooks 0" in response.text

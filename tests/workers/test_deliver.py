@@ -304,3 +304,29 @@ def wait_for_attempts(
             return reply["attempts"]  # type: ignore[no-any-return]
         assert time.monotonic() < deadline, "attempts never recorded"
         time.sleep(0.05)
+
+
+def test_exhausted_event_is_counted_once(
+    api: httpx.Client,
+    worker: object,
+    sim: SimulatorAdmin,
+    receiver: WebhookReceiver,
+) -> None:
+    receiver.script("/hook", Behaviour(500))
+    registration_id = register(api, sim.job("completed"), receiver.url())
+    wait_for_state(api, registration_id, "exhausted")
+
+    metrics = api.get("/metrics").text
+    api.post(f"/v1/registrations/{registration_id}/redeliver")
+    after_redeliver = api.get("/metrics").text
+
+    assert "relay_exhausted_webhooks 1" in metrics
+    assert (
+        'relay_delivery_attempts_total{outcome="exhausted",status_class="5xx"} 1'
+        in metrics
+    )
+    assert (
+        'relay_delivery_attempts_total{outcome="retry",status_class="5xx"} 3' in metrics
+    )
+    assert 'relay_events_total{type="video.completed"} 1' in metrics
+    assert "relay_exhausted_webhooks 0" in after_redeliver
