@@ -252,6 +252,12 @@ async def redeliver_registration(
         raise NotFoundException(
             detail=f"registration {short_id(registration_id)} not found"
         )
+    if result == 0 and view.state == "filtered":
+        raise HTTPException(
+            status_code=409,
+            detail=f"registration {registration_id} has no webhook: its job "
+            "ended with an event that its events filter excludes",
+        )
     if result == 0:
         raise HTTPException(
             status_code=409,

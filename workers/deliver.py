@@ -24,9 +24,10 @@ log = structlog.get_logger(__name__)
 RESPONSE_EXCERPT_BYTES = 1024
 # An event whose host is saturated waits this long before it is tried again.
 SATURATED_DELAY_S = 1.0
-# Events that may wait for a host's slots, as a multiple of its slots. Two
-# rounds of attempt deadlines stay well inside the claim's lease.
-HOST_QUEUE_ROUNDS = 2
+# Events that may wait for a host's slots, as a multiple of its slots. One
+# round of waiting plus the attempt itself takes at most two attempt
+# deadlines, and settings require the lease to exceed that.
+HOST_QUEUE_ROUNDS = 1
 
 
 class Deliverer:

@@ -154,7 +154,11 @@ class Runtime:
         """Let running batches finish, close the clients, stop the loop thread."""
         if not self.drain(timeout_s=self.settings.lease_s / 2):
             log.warning("runtime.batches_abandoned")
-        self.run(self._close(), timeout_s=10)
+        try:
+            self.run(self._close(), timeout_s=self.settings.lease_s / 2 + 10)
+        except TimeoutError:
+            # Unfinished attempts are sent again once their leases run out.
+            log.warning("runtime.close_timed_out")
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
 
