@@ -27,6 +27,9 @@ MAX_IDLE_S = 0.25
 # Claim no more while this many batches wait in a queue; their leases would
 # otherwise run out before a worker reaches them.
 MAX_QUEUED_BATCHES = 4
+# While the queue is full, look again this soon: a busy worker empties four
+# batches in well under the idle sleep.
+FULL_QUEUE_WAIT_S = 0.05
 
 
 class Dispatcher(threading.Thread):
@@ -68,7 +71,7 @@ class Dispatcher(threading.Thread):
         self, schedule: str, queue: Queue, job: Callable[[list[str]], object]
     ) -> float:
         if queue.count >= MAX_QUEUED_BATCHES:
-            return MAX_IDLE_S
+            return FULL_QUEUE_WAIT_S
         settings = self.settings
         reply = self._claim(
             keys=[schedule], args=[settings.batch_size, settings.lease_s]

@@ -203,7 +203,12 @@ async def _continue(
             errors=errors,
         )
 
-    updates.append(TrackerUpdate(tracker_id, delay_s, fields))
+    # Most polls repeat the last answer; writing only what changed keeps the
+    # per-poll Redis work small.
+    changed = {
+        name: value for name, value in fields.items() if tracker.get(name) != str(value)
+    }
+    updates.append(TrackerUpdate(tracker_id, delay_s, changed))
     return outcome.kind
 
 

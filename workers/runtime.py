@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import httpx
 import redis.asyncio as aioredis
 import structlog
+from httpx_aiohttp import AiohttpTransport
 
 from relay.ratelimit import RateLimiter
 from relay.safe_transport import build_safe_client
@@ -50,14 +51,20 @@ class Poller:
 
 
 def build_upstream_client(settings: Settings) -> httpx.AsyncClient:
-    """Return the httpx client every poll of this process shares."""
+    """Return the httpx client every poll of this process shares.
+
+    It sends through aiohttp (``httpx-aiohttp``): with a hundred requests in
+    flight, httpx's own connection pool served under a tenth of the polls per
+    second on the 2-core machine behind docs/performance.md.
+    """
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
     # trust_env=False: proxy variables in the environment must not reroute
     # the bearer token through a host the operator did not name.
     return httpx.AsyncClient(
+        transport=AiohttpTransport(trust_env=False, limits=limits),
         timeout=settings.poll_timeout_s,
         follow_redirects=False,
         trust_env=False,
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
     )
 
 
