@@ -7,7 +7,7 @@ VENV := .venv
 UV := $(TOOLS)/bin/uv
 RUN := $(VENV)/bin
 
-.PHONY: install run test demo lint typecheck check clean
+.PHONY: install node-deps run test demo lint typecheck check clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -22,7 +22,16 @@ install: $(VENV)/.installed
 run: install
 	$(RUN)/relay dev
 
-test: install
+# The Node.js signature test needs the standardwebhooks npm package; without
+# npm that one test is skipped and says why.
+node-deps:
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix tests/node --no-audit --no-fund --silent; \
+	else \
+		echo "npm not found: the Node.js signature test will be skipped"; \
+	fi
+
+test: install node-deps
 	$(RUN)/pytest
 
 demo: install
@@ -36,6 +45,17 @@ typecheck: install
 	$(RUN)/mypy
 
 check: lint typecheck test
+
+# Benchmarks: every scenario at full size (under 5 minutes on 2 cores), or
+# at a small size that only checks they run (under a minute). See
+# docs/performance.md.
+.PHONY: bench bench-quick
+
+bench: install
+	$(RUN)/python -m bench
+
+bench-quick: install
+	$(RUN)/python -m bench --quick
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

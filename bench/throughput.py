@@ -2,11 +2,11 @@
 
 Every tracker is always due (first poll at once, at most 0.01 s between
 polls, no jitter, no rate limit), so the worker polls as fast as it can. The
-stub counts the requests it answers, and each rate is that count over a
-measured window after a warm-up. The baselines run in the same run against
-the same stub: the naive design (one RQ job per poll, under RQ's forking
-``Worker`` and under ``SimpleWorker``), and bare asyncio loops that poll
-with as many requests in flight as the relay's batch size.
+stub counts the status requests it receives, and each rate is that count
+over a measured window after a warm-up. The baselines run in the same run
+against the same stub. One is the naive design: one RQ job per poll, under
+RQ's forking ``Worker`` and under ``SimpleWorker``. The others are bare
+asyncio loops that keep as many requests in flight as the relay's batch size.
 """
 
 from __future__ import annotations
@@ -45,19 +45,33 @@ class Sizes:
     window_s: float
     loop_warmup_s: float
     loop_window_s: float
+    # How long a stopped relay worker may finish its batch before SIGKILL.
+    stop_timeout_s: float
 
 
-# Warm-ups start at the first poll the stub sees, so process start-up is not
-# part of them.
-FULL = Sizes(trackers=20000, warmup_s=2, window_s=8, loop_warmup_s=1, loop_window_s=5)
+# Each warm-up starts when the first poll reaches the stub, so process
+# start-up is not part of it.
+FULL = Sizes(
+    trackers=20000,
+    warmup_s=2,
+    window_s=8,
+    loop_warmup_s=1,
+    loop_window_s=5,
+    stop_timeout_s=5,
+)
 QUICK = Sizes(
-    trackers=1000, warmup_s=0.3, window_s=0.8, loop_warmup_s=0.2, loop_window_s=0.5
+    trackers=1000,
+    warmup_s=0.3,
+    window_s=0.8,
+    loop_warmup_s=0.2,
+    loop_window_s=0.5,
+    stop_timeout_s=1,
 )
 
 
 @dataclass(frozen=True)
 class Window:
-    """What one measured window saw."""
+    """Poll rate and CPU shares measured over one window."""
 
     polls_per_s: float
     process_cpu: float
@@ -147,6 +161,7 @@ class Bench:
             ],
             self.sizes.warmup_s,
             self.sizes.window_s,
+            self.sizes.stop_timeout_s,
         )
 
     def naive(self, worker: str) -> Window:
@@ -165,10 +180,10 @@ class Bench:
             [process], self.sizes.warmup_s, self.sizes.window_s, stop_timeout_s=1.0
         )
 
-    def loop(self, client_name: str) -> tuple[Window, dict[str, Any]]:
-        """Measure a bare asyncio loop using ``client_name``; return its report too."""
+    def loop(self, client_name: str, concurrency: int) -> tuple[Window, dict[str, Any]]:
+        """Measure a bare asyncio loop with ``client_name``; return its report too."""
         sizes = self.sizes
-        log_path = self.log(f"loop-{client_name}")
+        log_path = self.log(f"loop-{client_name}-{concurrency}")
         # Generous, since the loop's own start-up is not part of the warm-up.
         duration_s = sizes.loop_warmup_s + sizes.loop_window_s + 1.0
         process = processes.start(
@@ -176,7 +191,7 @@ class Bench:
                 "-m", "bench.loops",
                 "--client", client_name,
                 "--url", self.stub_url,
-                "--concurrency", str(self.batch_size),
+                "--concurrency", str(concurrency),
                 "--jobs", str(sizes.trackers),
                 "--duration-s", str(duration_s),
             ],
@@ -193,7 +208,7 @@ class Bench:
             process.wait(timeout=duration_s + 10)
         finally:
             processes.stop(process)
-        report = _last_json_line(log_path)
+        report = processes.last_json_line(log_path)
         return window, report
 
     def _run(
@@ -201,10 +216,15 @@ class Bench:
         started: list[subprocess.Popen[bytes]],
         warmup_s: float,
         window_s: float,
-        stop_timeout_s: float = 5.0,
+        stop_timeout_s: float,
     ) -> Window:
         try:
             return measure(self.stub, self.client, started, warmup_s, window_s)
+        except RuntimeError as exc:
+            logs = "\n".join(
+                processes.process_log_tail(process, 1500) for process in started
+            )
+            raise RuntimeError(f"{exc}. The processes' logs end with:\n{logs}") from exc
         finally:
             processes.stop_many(started, stop_timeout_s)
 
@@ -214,15 +234,6 @@ class Bench:
     def close(self) -> None:
         self.stub.close()
         self.client.close()
-
-
-def _last_json_line(log_path: Path) -> dict[str, Any]:
-    import json
-
-    for line in reversed(processes.log_tail(log_path).splitlines()):
-        if line.startswith("{"):
-            return dict(json.loads(line))
-    raise RuntimeError(f"no result line in {log_path}:\n{processes.log_tail(log_path)}")
 
 
 def run(options: Options) -> Result:
@@ -255,17 +266,20 @@ def run(options: Options) -> Result:
                 if name.startswith(("RELAY_POLL", "RELAY_UPSTREAM"))
             },
         }
-        _measure_all(bench, result)
+        _measure_all(bench, result, options.quick)
     return result
 
 
-def _measure_all(bench: Bench, result: Result) -> None:
+def _measure_all(bench: Bench, result: Result, quick: bool) -> None:
     steps: list[tuple[str, str, Callable[[], Window]]] = [
         ("relay_1", "relay, 1 worker process", lambda: bench.relay(1)),
         ("relay_2", "relay, 2 worker processes", lambda: bench.relay(2)),
         ("naive_fork", "naive, RQ forking Worker", lambda: bench.naive("fork")),
         ("naive_simple", "naive, RQ SimpleWorker", lambda: bench.naive("simple")),
     ]
+    if quick:
+        # Two workers run the same code as one; the quick run saves the time.
+        del steps[1]
     windows: dict[str, Window] = {}
     for key, label, step in steps:
         started = time.monotonic()
@@ -284,6 +298,13 @@ def _measure_all(bench: Bench, result: Result) -> None:
         round(relay_1.process_cpu * 100),
         "% of a core",
     )
+    if "relay_2" in windows:
+        result.add(
+            "relay_2_worker_cpu",
+            "relay, 2 workers: worker CPU, both together",
+            round(windows["relay_2"].process_cpu * 100),
+            "% of a core",
+        )
     result.add(
         "relay_1_redis_cpu",
         "relay, 1 worker: Redis CPU",
@@ -312,14 +333,20 @@ def _measure_all(bench: Bench, result: Result) -> None:
             round(relay_1.redis_commands_per_poll, 1),
         )
 
-    loop_labels = {
-        "httpx": "bare asyncio loop, the relay's httpx client",
-        "httpx-aiohttp": "bare asyncio loop, httpx on the httpx-aiohttp transport",
-        "aiohttp": "bare asyncio loop, aiohttp",
-    }
-    for client_name, label in loop_labels.items():
-        window, report = bench.loop(client_name)
-        key = "bare_" + client_name.replace("-", "_")
+    batch = bench.batch_size
+    loops = [
+        ("bare_httpx", "httpx", batch, "the relay's httpx client"),
+        ("bare_httpx_aiohttp", "httpx-aiohttp", batch, "httpx-aiohttp transport"),
+        ("bare_aiohttp", "aiohttp", batch, "aiohttp"),
+    ]
+    if not quick:
+        # httpx's pool costs more per request the more requests are in flight.
+        loops.insert(
+            1, ("bare_httpx_10", "httpx", 10, "the relay's httpx client, 10 in flight")
+        )
+    for key, client_name, concurrency, description in loops:
+        window, report = bench.loop(client_name, concurrency)
+        label = f"bare asyncio loop, {description}"
         result.settings[f"{key}_client"] = report["client"]
         windows[key] = window
         say(f"throughput: {label}: {window.polls_per_s:,.0f} polls/s")
@@ -355,13 +382,13 @@ def _ratios(windows: dict[str, Window], result: Result) -> None:
         ratio("bare_aiohttp"),
         "×",
     )
-    scaling = windows["relay_2"].polls_per_s / relay if relay else None
-    result.add(
-        "scaling_2_workers",
-        "relay, 2 workers ÷ 1 worker",
-        None if scaling is None else round(scaling, 2),
-        "×",
-    )
+    if "relay_2" in windows and relay:
+        result.add(
+            "scaling_2_workers",
+            "relay, 2 workers ÷ 1 worker",
+            round(windows["relay_2"].polls_per_s / relay, 2),
+            "×",
+        )
 
     result.check(
         "relay vs naive",

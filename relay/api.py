@@ -32,7 +32,12 @@ from relay import keys as keyspace
 from relay import metrics as relay_metrics
 from relay import views
 from relay.errors import SchemaError, StoreUnavailableError
-from relay.registrations import InputError, new_registration_id, validate
+from relay.registrations import (
+    InputError,
+    NewRegistration,
+    new_registration_id,
+    validate,
+)
 from relay.settings import Settings
 from relay.store import Store
 
@@ -126,7 +131,7 @@ def _title(status: int) -> str:
         return "Error"
 
 
-def require_token(
+async def require_token(
     connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
 ) -> None:
     """Guard: reject requests without the configured bearer token."""
@@ -174,34 +179,43 @@ async def create_registration(
     request = validate(
         data.job_id, data.callback_url, data.events, data.metadata, settings
     )
-    created, registration_id = await store.register(
+    created, registration_id, now_ms = await store.register(
         new_registration_id(),
         request,
-        keyspace.credential_id(settings.modelgates_api_key.reveal()),
+        state.cred,
         settings.poll_first_delay_s,
         settings.poll_deadline_s,
     )
+    if created:
+        view = views.new_registration_view(registration_id, request, now_ms)
+    else:
+        view = await _existing_view(store, registration_id, request)
+    # The request's one log line (``http.request``) carries these fields.
+    structlog.contextvars.bind_contextvars(
+        registration_id=registration_id,
+        job_id=request.job_id,
+        created=created,
+    )
+    return Response(view, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
+
+
+async def _existing_view(
+    store: Store, registration_id: str, request: NewRegistration
+) -> views.Registration:
+    """Return the registration a repeated POST matched, or raise 409 if it differs."""
     view = await views.registration_view(store, registration_id)
     if view is None:
         raise NotFoundException(detail="registration was deleted while being created")
-    if not created and (
-        tuple(view.events) != request.events
-        or json.dumps(view.metadata, sort_keys=True)
-        != json.dumps(json.loads(request.metadata_json), sort_keys=True)
-    ):
+    if tuple(view.events) != request.events or json.dumps(
+        view.metadata, sort_keys=True
+    ) != json.dumps(json.loads(request.metadata_json), sort_keys=True):
         raise HTTPException(
             status_code=409,
             detail=f"registration {registration_id} already exists for this job_id "
             "and callback_url with other events or metadata; delete it first, or "
             "send the same values",
         )
-    await store.count("registrations", {"created" if created else "reused": 1})
-    log.info(
-        "registration.created" if created else "registration.reused",
-        registration_id=registration_id,
-        job_id=request.job_id,
-    )
-    return Response(view, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
+    return view
 
 
 @get("/registrations/{registration_id:str}")
@@ -325,6 +339,7 @@ def access_log(app: ASGIApp) -> ASGIApp:
             return
         started = time.perf_counter()
         status = 500
+        structlog.contextvars.clear_contextvars()
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -381,6 +396,7 @@ def create_app(settings: Settings) -> Litestar:
             {
                 "settings": settings,
                 "store": Store(client, settings.key_prefix, settings.retention_s),
+                "cred": keyspace.credential_id(settings.modelgates_api_key.reveal()),
             }
         ),
         exception_handlers={

@@ -23,6 +23,7 @@ one key share a tracker.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from dataclasses import dataclass
 
@@ -36,9 +37,14 @@ def credential_id(api_key: str) -> str:
 
 
 def dedupe_digest(tenant: str, job_id: str, callback_url: str) -> str:
-    """Return the digest that makes registrations idempotent."""
+    """Return the digest that makes registrations idempotent.
+
+    128 bits of SHA-256 in base64url: short enough that Redis keeps the
+    registration hash in its compact encoding, far from any collision.
+    """
     material = "\0".join((tenant, job_id, callback_url)).encode()
-    return hashlib.sha256(material).hexdigest()
+    digest = hashlib.sha256(material).digest()[:16]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
+import msgspec
 import structlog
+
+
+def _json_line(event: dict[str, Any], **options: Any) -> str:
+    # msgspec encodes a log line several times faster than the json module,
+    # which matters on the API's hot path; repr covers exotic values.
+    return msgspec.json.encode(event, enc_hook=repr).decode()
 
 
 def configure(log_format: str = "auto", level: str = "INFO") -> None:
@@ -14,7 +22,7 @@ def configure(log_format: str = "auto", level: str = "INFO") -> None:
         log_format == "auto" and not sys.stderr.isatty()
     )
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_json_line)
         if use_json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )

@@ -12,30 +12,34 @@ local now_ms = math.floor(now * 1000)
 """
 
 # KEYS: dedupe, registration, tracker, tracker registrations, poll schedule,
-#       schema
+#       schema, registration counters
 # ARGV: registration ID, tracker ID, first delay s, deadline s, schema version,
 #       then field pairs
-# Returns {-1, ''} when the keyspace is not at the expected schema version,
-# for example after Redis restarted empty, so nothing is written that no
-# worker would process.
+# Returns {1, new ID, now ms}, {0, existing ID, now ms}, or {-1, '', now ms}
+# when the keyspace is not at the expected schema version (say, after Redis
+# restarted empty), so nothing is written that no worker would process.
 REGISTER = (
     _NOW
     + """
-if redis.call('GET', KEYS[6]) ~= ARGV[5] then return {-1, ''} end
+if redis.call('GET', KEYS[6]) ~= ARGV[5] then return {-1, '', now_ms} end
 local existing = redis.call('GET', KEYS[1])
-if existing then return {0, existing} end
+if existing then
+  redis.call('HINCRBY', KEYS[7], 'reused', 1)
+  return {0, existing, now_ms}
+end
+redis.call('HINCRBY', KEYS[7], 'created', 1)
 redis.call('SET', KEYS[1], ARGV[1])
 local fields = {'created_at_ms', now_ms, 'updated_at_ms', now_ms}
 for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[2], unpack(fields))
 if redis.call('EXISTS', KEYS[3]) == 0 then
-  redis.call('HSET', KEYS[3], 'tracker_id', ARGV[2], 'polls', 0, 'errors', 0,
+  redis.call('HSET', KEYS[3], 'polls', 0, 'errors', 0,
     'interval_s', ARGV[3], 'created_at_ms', now_ms,
     'deadline_ms', now_ms + math.floor(tonumber(ARGV[4]) * 1000))
   redis.call('ZADD', KEYS[5], now + tonumber(ARGV[3]), ARGV[2])
 end
 redis.call('SADD', KEYS[4], ARGV[1])
-return {1, ARGV[1]}
+return {1, ARGV[1], now_ms}
 """
 )
 

@@ -74,6 +74,20 @@ def validate(
     )
 
 
+def encode_events(events: tuple[str, ...]) -> str:
+    """Return the compact stored form of an event filter: ``*`` for all events."""
+    if set(events) == set(EVENT_TYPES):
+        return "*"
+    return ",".join(events)
+
+
+def decode_events(stored: str) -> list[str]:
+    """Return the event filter that ``encode_events`` stored."""
+    if stored == "*":
+        return list(EVENT_TYPES)
+    return stored.split(",")
+
+
 def check_job_id(job_id: str) -> str:
     """Return ``job_id`` if it is safe to place in the upstream path."""
     if not job_id:

@@ -20,7 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from relay import keys as keyspace
 from relay import lua
 from relay.errors import SchemaError, StoreUnavailableError
-from relay.registrations import NewRegistration, event_id_for
+from relay.registrations import NewRegistration, encode_events, event_id_for
 
 TENANT = "default"
 
@@ -83,21 +83,22 @@ class Store:
         cred: str,
         first_delay_s: float,
         deadline_s: float,
-    ) -> tuple[bool, str]:
-        """Store a registration; return (created, ID), the old ID if a duplicate."""
+    ) -> tuple[bool, str, int]:
+        """Store a registration; return (created, ID, Redis time in ms).
+
+        For a duplicate, the ID is the existing registration's.
+        """
         keys = self.keys
         tracker_id = keys.tracker_id(cred, request.job_id)
         digest = keyspace.dedupe_digest(TENANT, request.job_id, request.callback_url)
         fields = {
-            "id": registration_id,
             "tenant": TENANT,
             "job_id": request.job_id,
             "callback_url": request.callback_url,
-            "events": json.dumps(request.events),
+            "events": encode_events(request.events),
             "metadata": request.metadata_json,
             "state": "tracking",
             "tracker_id": tracker_id,
-            "event_id": event_id_for(registration_id),
             "dedupe_key": keys.dedupe(digest),
         }
         args: list[Any] = [
@@ -110,7 +111,7 @@ class Store:
         for name, value in fields.items():
             args += [name, value]
         async with translate_errors():
-            created, found_id = await self._register(
+            created, found_id, now_ms = await self._register(
                 keys=[
                     keys.dedupe(digest),
                     keys.registration(registration_id),
@@ -118,6 +119,7 @@ class Store:
                     keys.tracker_registrations(tracker_id),
                     keys.poll_schedule,
                     keys.schema,
+                    keys.stats("registrations"),
                 ],
                 args=args,
             )
@@ -125,13 +127,13 @@ class Store:
             raise SchemaError(
                 "Redis keyspace has no current schema version; run `relay migrate`"
             )
-        return bool(created), cast(bytes, found_id).decode()
+        return bool(created), cast(bytes, found_id).decode(), int(now_ms)
 
     async def registration(self, registration_id: str) -> dict[str, str] | None:
         """Return a registration's fields, or None if it does not exist."""
         async with translate_errors():
             raw = await self.client.hgetall(self.keys.registration(registration_id))
-        return decode(raw) or None
+        return _with_ids(registration_id, decode(raw))
 
     async def tracker(self, tracker_id: str) -> dict[str, str] | None:
         """Return a tracker's fields, or None once it has ended."""
@@ -247,11 +249,15 @@ class Store:
         keys = self.keys
         async with translate_errors():
             members = await self.client.smembers(keys.tracker_registrations(tracker_id))
+            ids = sorted(cast(bytes, member).decode() for member in members)
             async with self.client.pipeline(transaction=False) as pipe:
-                for member in sorted(members):
-                    pipe.hgetall(keys.registration(cast(bytes, member).decode()))
+                for registration_id in ids:
+                    pipe.hgetall(keys.registration(registration_id))
                 rows = await pipe.execute()
-        return [decode(row) for row in rows if row]
+        found = [
+            _with_ids(id_, decode(row)) for id_, row in zip(ids, rows, strict=True)
+        ]
+        return [row for row in found if row is not None]
 
     async def finish_tracker(
         self,
@@ -358,3 +364,12 @@ class Store:
         async with translate_errors():
             raw = await self.client.get(self.keys.schema)
         return int(raw) if raw is not None else None
+
+
+def _with_ids(registration_id: str, row: dict[str, str]) -> dict[str, str] | None:
+    """Add the IDs a registration hash leaves out because its key implies them."""
+    if not row:
+        return None
+    row["id"] = registration_id
+    row.setdefault("event_id", event_id_for(registration_id))
+    return row

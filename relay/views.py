@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from relay.events import rfc3339_ms
+from relay.registrations import NewRegistration, decode_events
 from relay.store import Store
 
 
@@ -89,6 +90,24 @@ def attempt_view(row: dict[str, Any]) -> Attempt:
     )
 
 
+def new_registration_view(
+    registration_id: str, request: NewRegistration, created_at_ms: int
+) -> Registration:
+    """Build the view of a registration just created, without reading it back."""
+    created_at = rfc3339_ms(created_at_ms)
+    return Registration(
+        id=registration_id,
+        job_id=request.job_id,
+        callback_url=request.callback_url,
+        events=list(request.events),
+        metadata=json.loads(request.metadata_json),
+        state="tracking",
+        created_at=created_at,
+        updated_at=created_at,
+        upstream=Upstream(polls=0),
+    )
+
+
 async def registration_view(store: Store, registration_id: str) -> Registration | None:
     """Read a registration with its tracker or outcome; None if it does not exist."""
     row = await store.registration(registration_id)
@@ -107,7 +126,7 @@ async def registration_view(store: Store, registration_id: str) -> Registration 
         id=row["id"],
         job_id=row["job_id"],
         callback_url=row["callback_url"],
-        events=json.loads(row["events"]),
+        events=decode_events(row["events"]),
         metadata=json.loads(row["metadata"]),
         state=row["state"],
         created_at=rfc3339_ms(int(row["created_at_ms"])),

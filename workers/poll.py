@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from relay import events
-from relay.registrations import event_id_for
+from relay.registrations import decode_events, event_id_for
 from relay.settings import Settings
 from relay.store import Store, TerminalEvent, TrackerUpdate
 from relay.upstream import Outcome
@@ -232,7 +232,7 @@ async def finish(
         terminal_events = []
         filtered = []
         for registration in registrations:
-            if event_type not in json.loads(registration["events"]):
+            if event_type not in decode_events(registration["events"]):
                 filtered.append(registration["id"])
                 continue
             body = events.build_body(
