@@ -15,9 +15,10 @@ from relay import lua
 from relay.keys import Keys
 from relay.store import translate_errors
 
-# The bucket contains at most this share of one second's budget, so no second
-# sees more than the rate plus 5%.
-BURST_SHARE = 0.05
+# The bucket contains at most this share of one second's budget. Grants in
+# any second then stay under the rate plus 2.5%, which leaves the other half
+# of a 5% allowance for requests that leave the worker later than granted.
+BURST_SHARE = 0.025
 
 
 class RateLimiter:
