@@ -97,7 +97,8 @@ def main() -> int:
     )
     parser.add_argument(
         "--latency-workers",
-        help="comma-separated worker counts for the latency scenario (default: 1)",
+        help="comma-separated worker counts for the latency scenario "
+        "(default: 2, or 1 with --quick)",
     )
     parser.add_argument(
         "--strict", action="store_true", help="exit 3 when a target is missed"
