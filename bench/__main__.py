@@ -34,7 +34,7 @@ from bench.report import (
 )
 from relay import logs
 
-SCENARIOS = ("throughput", "latency", "scale", "politeness", "api")
+SCENARIOS = ("throughput", "latency", "scale", "politeness", "api", "isolation")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LOCK_PATH = Path(tempfile.gettempdir()) / "modelgates-relay-bench.lock"
 

@@ -46,11 +46,10 @@ class Sizes:
 
 
 # The lead-in covers seeding and the growth of each interval to the cap
-# (0.5, 0.75, 1.1, 1.7, then 2 s: about 4 s in all). One worker by default,
-# because a run with two does not fit in the five minutes `make bench` has.
-# Two workers: polling 5,000 jobs at a 2 s cap takes 2,500 polls/s, more
-# than one worker process serves on a 2-core machine (see the throughput
-# scenario), so one worker would measure its backlog, not detection.
+# (0.5, 0.75, 1.1, 1.7, then 2 s: about 4 s in all). Two workers: polling
+# 5,000 jobs at a 2 s cap takes 2,500 polls/s, more than one worker process
+# serves on a 2-core machine (see the throughput scenario), so one worker
+# would measure its backlog, not detection.
 FULL = Sizes(jobs=5000, window_s=60, lead_in_s=8, drain_s=15, worker_counts=(2,))
 QUICK = Sizes(jobs=100, window_s=2, lead_in_s=2, drain_s=6, worker_counts=(1,))
 

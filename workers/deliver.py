@@ -24,19 +24,24 @@ log = structlog.get_logger(__name__)
 RESPONSE_EXCERPT_BYTES = 1024
 # An event whose host is saturated waits this long before it is tried again.
 SATURATED_DELAY_S = 1.0
-# Events that may wait for a host's slots, as a multiple of its slots. One
-# round of waiting plus the attempt itself takes at most two attempt
-# deadlines, and settings require the lease to exceed that.
-HOST_QUEUE_ROUNDS = 1
+# A host's queue may hold as many events as its slots can send within half
+# a lease, judged by how long its recent attempts took, and at most this many.
+MAX_QUEUED_PER_HOST = 2000
+# Weight of the newest attempt in a host's running mean duration.
+DURATION_WEIGHT = 0.3
+# Hosts whose mean duration is remembered; past this the memory starts over.
+MAX_KNOWN_HOSTS = 10000
 
 
 class Deliverer:
     """Runs webhook attempts as independent tasks, capped per host and in all.
 
     A batch only starts attempts and returns. Each destination runs at most
-    ``delivery_per_host`` attempts at once and queues a few more; past that,
-    its events go back on the schedule. A receiver that never answers so
-    holds only its own slots, and other hosts' webhooks go out undelayed.
+    ``delivery_per_host`` attempts at once and queues what those slots can
+    send within half a lease, judged by its recent attempt durations (a new
+    host counts as slow). Past that, its events go back on the schedule. A
+    receiver that never answers so holds only its own slots and a short
+    queue, and other hosts' webhooks go out undelayed.
     """
 
     def __init__(
@@ -47,6 +52,7 @@ class Deliverer:
         self.settings = settings
         self.admitted: dict[str, int] = {}
         self.slots: dict[str, asyncio.Semaphore] = {}
+        self.duration_s: dict[str, float] = {}
         self.tasks: set[asyncio.Task[str]] = set()
 
     async def deliver_events(self, event_ids: list[str]) -> dict[str, int]:
@@ -85,18 +91,26 @@ class Deliverer:
 
     def _has_room(self, host: str) -> bool:
         settings = self.settings
-        host_limit = settings.delivery_per_host * (1 + HOST_QUEUE_ROUNDS)
-        return (
-            len(self.tasks) < settings.delivery_concurrency
-            and self.admitted.get(host, 0) < host_limit
-        )
+        if len(self.tasks) >= settings.delivery_concurrency:
+            return False
+        expected_s = self.duration_s.get(host, settings.delivery_timeout_s)
+        rounds = max(1, int(settings.lease_s / 2 / max(expected_s, 0.001)))
+        host_limit = min(settings.delivery_per_host * rounds, MAX_QUEUED_PER_HOST)
+        return self.admitted.get(host, 0) < host_limit
+
+    def _learn(self, host: str, duration_s: float) -> None:
+        if len(self.duration_s) >= MAX_KNOWN_HOSTS and host not in self.duration_s:
+            self.duration_s.clear()
+        previous = self.duration_s.get(host, duration_s)
+        mean = previous + DURATION_WEIGHT * (duration_s - previous)
+        self.duration_s[host] = mean
 
     def _start(self, event_id: str, host: str, row: dict[bytes, bytes]) -> None:
         self.admitted[host] = self.admitted.get(host, 0) + 1
         slots = self.slots.setdefault(
             host, asyncio.Semaphore(self.settings.delivery_per_host)
         )
-        task = asyncio.create_task(self._attempt(event_id, row, slots))
+        task = asyncio.create_task(self._attempt(event_id, host, row, slots))
         self.tasks.add(task)
 
         def finished(done: asyncio.Task[str]) -> None:
@@ -114,11 +128,16 @@ class Deliverer:
         task.add_done_callback(finished)
 
     async def _attempt(
-        self, event_id: str, row: dict[bytes, bytes], slots: asyncio.Semaphore
+        self,
+        event_id: str,
+        host: str,
+        row: dict[bytes, bytes],
+        slots: asyncio.Semaphore,
     ) -> str:
         url = row[b"callback_url"].decode()
         async with slots:
             attempt = await send(self.http, self.settings, event_id, url, row[b"body"])
+        self._learn(host, attempt["duration_ms"] / 1000)
         attempt["attempt"] = int(row[b"attempts"]) + 1
         attempt["round"] = int(row.get(b"redeliveries", b"0")) + 1
         return await _record(self.store, self.settings, event_id, row, attempt)
