@@ -35,9 +35,11 @@ from relay.errors import SchemaError, StoreUnavailableError
 from relay.registrations import (
     InputError,
     NewRegistration,
+    check_callback_addresses,
     new_registration_id,
     validate,
 )
+from relay.safe_transport import Resolver, resolve_host
 from relay.settings import Settings
 from relay.store import Store
 
@@ -179,6 +181,7 @@ async def create_registration(
     request = validate(
         data.job_id, data.callback_url, data.events, data.metadata, settings
     )
+    await check_callback_addresses(request.callback_url, settings, state.resolver)
     created, registration_id, now_ms = await store.register(
         new_registration_id(),
         request,
@@ -361,8 +364,12 @@ def access_log(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
-def create_app(settings: Settings) -> Litestar:
-    """Build the Litestar app; Redis connects lazily on the first request."""
+def create_app(settings: Settings, resolver: Resolver | None = None) -> Litestar:
+    """Build the Litestar app; Redis connects lazily on the first request.
+
+    ``resolver`` looks up callback hostnames at registration; tests pass
+    their own so no test depends on public DNS.
+    """
     settings.require_api()
     # A blocking pool makes a burst of requests wait briefly for a connection
     # instead of failing as if Redis were down.
@@ -397,6 +404,7 @@ def create_app(settings: Settings) -> Litestar:
                 "settings": settings,
                 "store": Store(client, settings.key_prefix, settings.retention_s),
                 "cred": keyspace.credential_id(settings.modelgates_api_key.reveal()),
+                "resolver": resolver or resolve_host,
             }
         ),
         exception_handlers={

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
 import secrets
 import string
@@ -10,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from relay import url_safety
+from relay.safe_transport import Resolver
 from relay.settings import Settings
 
 EVENT_TYPES = (
@@ -170,6 +173,39 @@ def check_callback_url(url: str, settings: Settings) -> str:
     if reason:
         raise InputError("callback_url", f"callback_url host is not allowed: {reason}")
     return normalize_url(url)
+
+
+async def check_callback_addresses(
+    url: str, settings: Settings, resolver: Resolver, timeout_s: float = 3.0
+) -> None:
+    """Resolve a callback hostname now and raise InputError if any address is blocked.
+
+    Literal addresses and localhost names were checked without DNS already.
+    Workers check again at every connection, since DNS answers change.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    allowed = settings.callback_allow_cidrs
+    if url_safety.blocked_host_reason(host, allowed) is not None:
+        return
+    if url_safety.parse_literal(host) is not None or url_safety.is_local_name(host):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        async with asyncio.timeout(timeout_s):
+            addresses = await resolver(host, port)
+    except (OSError, TimeoutError):
+        raise InputError(
+            "callback_url",
+            f"callback_url host {host!r} could not be resolved; check the name",
+        ) from None
+    for text in addresses:
+        reason = url_safety.blocked_address_reason(ipaddress.ip_address(text), allowed)
+        if reason:
+            raise InputError(
+                "callback_url",
+                f"callback_url host is not allowed: {host} resolves to {reason}",
+            )
 
 
 def normalize_url(url: str) -> str:

@@ -93,10 +93,16 @@ def blocked_address_reason(
     return None
 
 
+def is_local_name(host: str) -> bool:
+    """Return whether ``host`` is a localhost name, which means loopback."""
+    name = host.rstrip(".").lower()
+    return name in _LOCAL_NAMES or name.endswith(".localhost")
+
+
 def blocked_host_reason(host: str, allowed: Iterable[Network] = ()) -> str | None:
     """Return why a URL host is rejected before any DNS lookup, or None."""
     name = host.rstrip(".").lower()
-    if name in _LOCAL_NAMES or name.endswith(".localhost"):
+    if is_local_name(name):
         return blocked_address_reason(ipaddress.ip_address("127.0.0.1"), allowed)
     address = parse_literal(name)
     if address is None:

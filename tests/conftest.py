@@ -31,9 +31,31 @@ from tests.receivers import WebhookReceiver, running_receiver
 from tests.servers import serve_in_thread
 
 API_TOKEN = "test-api-token-0123456789"
+# Test hostnames and what the fake resolver returns for them. The API only
+# checks these addresses; nothing in the tests connects to them.
+TEST_HOSTS = {
+    "hooks.example.com": ["8.8.8.8"],
+    "dual.example.com": ["8.8.8.8", "2001:4860:4860::8888"],
+    "private.example.com": ["10.0.0.5"],
+    "loopback.example.com": ["127.0.0.1"],
+    "metadata.example.com": ["169.254.169.254"],
+    "mapped.example.com": ["::ffff:10.0.0.5"],
+    "nat64.example.com": ["64:ff9b::a00:5"],
+    "ula.example.com": ["fd12::1"],
+    "mixed.example.com": ["8.8.8.8", "192.168.1.1"],
+    "cgnat.example.com": ["100.64.0.1"],
+}
 MODELGATES_KEY = "mg-test-key-abc"
 SIGNING_SECRET = generate_secret()
 PREFIX = "relay:"
+
+
+async def fake_resolver(host: str, port: int) -> list[str]:
+    """Resolve only TEST_HOSTS, so no test sends a query to public DNS."""
+    try:
+        return TEST_HOSTS[host]
+    except KeyError:
+        raise OSError(f"{host} is not a test host") from None
 
 
 @pytest.fixture(scope="session")
@@ -129,7 +151,7 @@ def start_api(env: dict[str, str]) -> Iterator[ApiFactory]:
 
     def start(**overrides: str) -> httpx.Client:
         settings = Settings.from_env(env | overrides)
-        server = serve_in_thread(create_app(settings))
+        server = serve_in_thread(create_app(settings, fake_resolver))
         base_url = server.__enter__()
         client = httpx.Client(
             base_url=base_url,

@@ -20,7 +20,13 @@ import redis
 from relay.api import create_app
 from relay.errors import SettingsError
 from relay.settings import Settings
-from tests.conftest import API_TOKEN, MODELGATES_KEY, PREFIX, ApiFactory
+from tests.conftest import (
+    API_TOKEN,
+    MODELGATES_KEY,
+    PREFIX,
+    ApiFactory,
+    fake_resolver,
+)
 from tests.servers import serve_in_thread
 
 REGISTRATIONS = "/v1/registrations"
@@ -92,7 +98,7 @@ def running_api(redis_url: str, allow_cidrs: str) -> Iterator[httpx.Client]:
             "RELAY_CALLBACK_ALLOW_CIDRS": allow_cidrs,
         }
     )
-    with serve_in_thread(create_app(settings)) as base_url:
+    with serve_in_thread(create_app(settings, fake_resolver)) as base_url:
         with httpx.Client(
             base_url=base_url,
             headers={"authorization": f"Bearer {API_TOKEN}"},
@@ -320,11 +326,43 @@ def test_create_rejects_blocked_host(
     assert_nothing_stored(redis_client)
 
 
-def test_create_accepts_public_hostname(strict_api: httpx.Client) -> None:
-    # The name is only stored: no worker runs, so nothing resolves or calls it.
-    response = create(strict_api, callback_url="https://hooks.example.com/relay")
+@pytest.mark.parametrize("host", ["hooks.example.com", "dual.example.com"])
+def test_create_accepts_public_hostname(strict_api: httpx.Client, host: str) -> None:
+    # A fake resolver answers; no worker runs, so nothing calls the host.
+    response = create(strict_api, callback_url=f"https://{host}/relay")
 
     assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize(
+    ("host", "rule"),
+    [
+        ("private.example.com", "10.0.0.5 is not a public address"),
+        ("loopback.example.com", "127.0.0.1 is not a public address"),
+        ("metadata.example.com", "cloud metadata address"),
+        ("mapped.example.com", "embeds 10.0.0.5"),
+        ("nat64.example.com", "embeds 10.0.0.5"),
+        ("ula.example.com", "fd12::1 is not a public address"),
+        ("mixed.example.com", "192.168.1.1 is not a public address"),
+        ("cgnat.example.com", "100.64.0.1 is not a public address"),
+    ],
+)
+def test_create_rejects_hostname_resolving_blocked(
+    strict_api: httpx.Client, redis_client: redis.Redis, host: str, rule: str
+) -> None:
+    response = create(strict_api, callback_url=f"https://{host}/relay")
+
+    assert_problem(response, 422, "callback_url", f"{host} resolves to", rule)
+    assert_nothing_stored(redis_client)
+
+
+def test_create_rejects_unresolvable_hostname(
+    strict_api: httpx.Client, redis_client: redis.Redis
+) -> None:
+    response = create(strict_api, callback_url="https://nowhere.example.com/relay")
+
+    assert_problem(response, 422, "callback_url", "could not be resolved")
+    assert_nothing_stored(redis_client)
 
 
 # Rejected requests: content type, size, authentication

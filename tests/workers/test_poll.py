@@ -92,7 +92,7 @@ def test_poll_deadline_ends_tracking(
     receiver: WebhookReceiver,
 ) -> None:
     start_worker()
-    short = start_api(RELAY_POLL_DEADLINE_S="1")  # type: ignore[operator]
+    short = start_api(RELAY_POLL_DEADLINE_S="2")  # type: ignore[operator]
     job_id = sim.job("pending")
     register(short, job_id, receiver.url())
 
@@ -100,7 +100,7 @@ def test_poll_deadline_ends_tracking(
 
     assert delivery.payload is not None
     assert delivery.payload["type"] == "video.tracking_failed"
-    assert "no final status within 1 s" in delivery.payload["data"]["reason"]
+    assert "no final status within 2 s" in delivery.payload["data"]["reason"]
     assert delivery.payload["data"]["status"] == "pending"
 
 
