@@ -19,6 +19,7 @@ from relay import keys as keyspace
 from relay.registrations import new_registration_id, validate
 from relay.settings import Settings
 from relay.store import Store
+from workers.poll import finish
 
 DEFAULT_CONCURRENCY = 300
 DEADLINE_S = 3 * 3600.0
@@ -86,3 +87,34 @@ def register(
             redis_url, api_key, job_ids, callback_url, first_delay_s, deadline_s
         )
     )
+
+
+async def finish_all(
+    redis_url: str,
+    api_key: str,
+    job_ids: Sequence[str],
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> None:
+    """End each job's tracker as a ``completed`` poll would, creating its events.
+
+    This runs the workers' own ``finish`` step, so the events are the ones a
+    real poll creates, without a worker having to poll first.
+    """
+    cred = keyspace.credential_id(api_key)
+    client = aioredis.Redis.from_url(redis_url, max_connections=concurrency)
+    store = Store(client, "relay:")
+    next_index = iter(range(len(job_ids)))
+    snapshot = {"status": "completed", "generation_id": "gen-bench"}
+
+    async def finish_next() -> None:
+        for index in next_index:
+            tracker_id = f"{cred}:{job_ids[index]}"
+            tracker = await store.tracker(tracker_id)
+            if tracker is None:
+                raise RuntimeError(f"job {job_ids[index]!r} has no tracker")
+            await finish(store, tracker_id, tracker, "video.completed", "", 1, snapshot)
+
+    try:
+        await asyncio.gather(*(finish_next() for _ in range(concurrency)))
+    finally:
+        await client.aclose()
