@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import time
 from typing import Any
 
 EVENT_FOR_STATUS = {
@@ -17,8 +17,8 @@ TRACKING_FAILED = "video.tracking_failed"
 
 def rfc3339_ms(epoch_ms: int) -> str:
     """Format epoch milliseconds as RFC 3339 UTC, e.g. ``2026-01-02T03:04:05.678Z``."""
-    moment = datetime.fromtimestamp(epoch_ms / 1000, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+    seconds, millis = divmod(epoch_ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
 def build_body(
