@@ -1,4 +1,4 @@
-"""Delivery isolation: a receiver that never answers must not slow the others.
+"""Delivery isolation: a receiver that never responds must not slow the others.
 
 Two runs in the same benchmark: webhooks for N finished jobs go to a healthy
 receiver (the stub, which records arrivals) alone, and then the same N go
@@ -44,7 +44,7 @@ QUICK = Sizes(events=100, timeout_s=30)
 
 
 class SilentReceiver:
-    """Accepts TCP connections on loopback, reads nothing and never answers."""
+    """Accepts TCP connections on loopback, reads nothing and never responds."""
 
     def __init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
