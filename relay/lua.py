@@ -86,8 +86,8 @@ return 1
 #       then for each registration: its key and its event's key
 # ARGV: tracker ID, event type, snapshot JSON, polls, reason, retention s, n,
 #       then for each registration: ID, event ID ('' when filtered out), body
-# Returns -1 when a registration joined since the caller read the set, so the
-# caller reads again; otherwise the number of events created.
+# Returns -1 when a registration joined since the caller read the set, and
+# the caller then reads again. Otherwise returns the number of events created.
 TRACKER_FINISH = (
     _NOW
     + """

@@ -36,7 +36,7 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Behaviour:
-    """How to answer one request: wait, then reply with a status."""
+    """How to respond to one request: wait, then reply with a status."""
 
     status: int = 204
     delay_s: float = 0.0
@@ -44,7 +44,7 @@ class Behaviour:
 
 
 class WebhookReceiver:
-    """Records every POST and answers by the behaviours set for its path."""
+    """Records every POST and responds by the behaviours set for its path."""
 
     def __init__(self, secret: str) -> None:
         self.webhook = Webhook(secret)
@@ -62,7 +62,7 @@ class WebhookReceiver:
         return self.base_url + path
 
     def script(self, path: str, *behaviours: Behaviour) -> None:
-        """Answer requests to ``path`` with ``behaviours`` in order."""
+        """Respond to requests for ``path`` with ``behaviours`` in order."""
         self.behaviours[path] = list(behaviours)
 
     def verified(self) -> list[Delivery]:
