@@ -70,7 +70,7 @@ class Settings:
 
     callback_allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     retention_s: float = 7 * 86400.0
-    batch_size: int = 100
+    batch_size: int = 400
     lease_s: float = 60.0
     max_body_bytes: int = 64 * 1024
     max_metadata_bytes: int = 4 * 1024
@@ -115,7 +115,7 @@ class Settings:
             delivery_per_host=env.integer("RELAY_DELIVERY_PER_HOST", 8, low=1),
             callback_allow_cidrs=env.networks("RELAY_CALLBACK_ALLOW_CIDRS"),
             retention_s=env.number("RELAY_RETENTION_S", 604800.0, low=60),
-            batch_size=env.integer("RELAY_BATCH_SIZE", 100, low=1, high=10000),
+            batch_size=env.integer("RELAY_BATCH_SIZE", 400, low=1, high=10000),
             lease_s=env.number("RELAY_LEASE_S", 60.0, low=1),
             max_body_bytes=env.integer("RELAY_MAX_BODY_BYTES", 65536, low=1024),
             max_metadata_bytes=env.integer("RELAY_MAX_METADATA_BYTES", 4096, low=2),
