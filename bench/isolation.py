@@ -1,10 +1,11 @@
 """Delivery isolation: a receiver that never responds must not slow the others.
 
-Two runs in the same benchmark: webhooks for N finished jobs go to a healthy
-receiver (the stub, which records arrivals) alone, and then the same N go
-to it while N more go to a receiver that accepts connections and never
-responds. The figure is the healthy receiver's webhooks per second in each
-run, and the target is their ratio (at least 0.9).
+The benchmark makes two runs. In the first, webhooks for N finished jobs go
+to a healthy receiver (the stub, which records arrivals) alone. In the
+second, the same N go to it while N more go to a receiver that accepts
+connections and never responds. The figure is the healthy receiver's
+webhooks per second in each run, and the target is their ratio (at least
+0.9).
 
 The events are created before the worker starts, by the workers' own step
 that ends a tracker, so both runs measure delivery alone: the same polls

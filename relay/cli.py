@@ -108,11 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("api", help="serve the HTTP API").set_defaults(run=_api)
+
     worker = commands.add_parser("worker", help="run an RQ worker and dispatcher")
     worker.add_argument(
         "--burst", action="store_true", help="exit when queues are empty"
     )
     worker.set_defaults(run=_worker)
+
     commands.add_parser("migrate", help="apply Redis keyspace migrations").set_defaults(
         run=_migrate
     )
@@ -120,11 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--host", default="127.0.0.1", help="address to listen on")
     simulate.add_argument("--port", type=int, default=8090, help="port to listen on")
     simulate.set_defaults(run=_simulate)
+
     dev = commands.add_parser(
         "dev", help="run Redis, the simulator, the API and a worker together"
     )
     dev.add_argument("--port", type=int, default=8000, help="port of the API")
     dev.set_defaults(run=_dev)
+
     commands.add_parser(
         "demo", help="walk through every outcome and verify each webhook"
     ).set_defaults(run=_demo)

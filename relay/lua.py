@@ -86,17 +86,17 @@ return 1
 #       then for each registration: its key and its event's key
 # ARGV: tracker ID, event type, snapshot JSON, polls, reason, retention s, n,
 #       then for each registration: ID, event ID ('' when filtered out), body
-# Returns -1 when a registration joined since the caller read the set, and
-# the caller then reads again. Otherwise returns the number of events created.
+# Returns -1 when a registration joined after the caller read the set. The
+# caller then reads again. Otherwise it returns the number of events created.
 TRACKER_FINISH = (
     _NOW
     + """
 local retention = tonumber(ARGV[6])
 local n = tonumber(ARGV[7])
-local given = {}
-for i = 0, n - 1 do given[ARGV[8 + i * 3]] = true end
+local provided = {}
+for i = 0, n - 1 do provided[ARGV[8 + i * 3]] = true end
 for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  if not given[member] then return -1 end
+  if not provided[member] then return -1 end
 end
 local created = 0
 for i = 0, n - 1 do
@@ -193,7 +193,7 @@ return 1
 """
 
 # KEYS: token bucket, pause
-# ARGV: rate per s (0 = unlimited), burst, tokens wanted
+# ARGV: rate per s (0 = unlimited), burst, tokens requested
 # Returns {granted, seconds to wait before asking again} (the wait as text,
 # since Redis turns Lua numbers into integers).
 ACQUIRE = (

@@ -31,12 +31,12 @@ class RateLimiter:
         self._acquire = client.register_script(lua.ACQUIRE)
         self._pause = client.register_script(lua.PAUSE)
 
-    async def acquire(self, cred: str, wanted: int) -> tuple[int, float]:
-        """Take up to ``wanted`` tokens; return (granted, seconds to wait for more)."""
+    async def acquire(self, cred: str, requested: int) -> tuple[int, float]:
+        """Take up to ``requested`` tokens; return (granted, seconds until more)."""
         async with translate_errors():
             granted, wait_s = await self._acquire(
                 keys=[self.keys.rate_limit(cred), self.keys.pause(cred)],
-                args=[self.rate_per_s, self.burst, wanted],
+                args=[self.rate_per_s, self.burst, requested],
             )
         return int(granted), float(wait_s)
 

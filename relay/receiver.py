@@ -1,7 +1,7 @@
 """A webhook receiver for development and demos that verifies every signature.
 
 Verification uses the ``standardwebhooks`` library, an implementation
-independent of the relay's own signing code. ``POST /fail-once/...`` answers
+independent of the relay's own signing code. ``POST /fail-once/...`` returns
 500 to the first delivery of each webhook, to show retries.
 """
 
@@ -67,7 +67,7 @@ class Receiver:
                 self._failed_once.add(webhook_id)
                 return 500
             received = Received(webhook_id, path, payload)
-            # Report before storing, so a waiter that sees the webhook stored
+            # Report before storing, so a waiter that finds the webhook stored
             # never prints its summary ahead of this line.
             if self.on_receive is not None:
                 self.on_receive(received)

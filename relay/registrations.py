@@ -9,7 +9,7 @@ import secrets
 import string
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from relay import url_safety
 from relay.safe_transport import Resolver
@@ -120,6 +120,39 @@ def check_job_id(job_id: str) -> str:
 
 def check_callback_url(url: str, settings: Settings) -> str:
     """Return ``url`` if it is an absolute http(s) URL the relay may call."""
+    parts = _split_callback_url(url)
+
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(
+            "callback_url",
+            "callback_url must be an absolute http:// or https:// URL, "
+            f"got scheme {parts.scheme!r}",
+        )
+    if "@" in parts.netloc:
+        raise InputError(
+            "callback_url",
+            "callback_url must not carry credentials (user:password@); "
+            "verify webhooks by their signature instead",
+        )
+    if parts.fragment or url.endswith("#"):
+        raise InputError("callback_url", "callback_url must not have a #fragment")
+
+    if not parts.hostname.isascii():
+        raise InputError(
+            "callback_url",
+            "callback_url host must be ASCII; write an international domain in "
+            "its punycode (xn--) form",
+        )
+    reason = url_safety.blocked_host_reason(
+        parts.hostname, settings.callback_allow_cidrs
+    )
+    if reason:
+        raise InputError("callback_url", f"callback_url host is not allowed: {reason}")
+    return normalize_url(url)
+
+
+def _split_callback_url(url: str) -> SplitResult:
+    """Check a callback URL's length, characters and port, and split it."""
     if not url:
         raise InputError("callback_url", "callback_url must not be empty")
     if len(url) > MAX_CALLBACK_URL_CHARS:
@@ -147,32 +180,7 @@ def check_callback_url(url: str, settings: Settings) -> str:
         raise InputError(
             "callback_url", "callback_url must have a port between 1 and 65535"
         )
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(
-            "callback_url",
-            "callback_url must be an absolute http:// or https:// URL, "
-            f"got scheme {parts.scheme!r}",
-        )
-    if "@" in parts.netloc:
-        raise InputError(
-            "callback_url",
-            "callback_url must not carry credentials (user:password@); "
-            "verify webhooks by their signature instead",
-        )
-    if parts.fragment or url.endswith("#"):
-        raise InputError("callback_url", "callback_url must not have a #fragment")
-    if not parts.hostname.isascii():
-        raise InputError(
-            "callback_url",
-            "callback_url host must be ASCII; write an international domain in "
-            "its punycode (xn--) form",
-        )
-    reason = url_safety.blocked_host_reason(
-        parts.hostname, settings.callback_allow_cidrs
-    )
-    if reason:
-        raise InputError("callback_url", f"callback_url host is not allowed: {reason}")
-    return normalize_url(url)
+    return parts
 
 
 async def check_callback_addresses(

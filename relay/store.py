@@ -306,16 +306,9 @@ class Store:
         delay_s: float = 0.0,
     ) -> bool:
         """Store one delivery attempt and move the event on by ``outcome``."""
-        keys = self.keys
         async with translate_errors():
             changed = await self._event_record(
-                keys=[
-                    keys.event(event_id),
-                    keys.registration(registration_id),
-                    keys.deliver_schedule,
-                    keys.attempts(event_id),
-                    keys.exhausted,
-                ],
+                keys=self._event_keys(event_id, registration_id),
                 args=[
                     event_id,
                     json.dumps(attempt, separators=(",", ":")),
@@ -327,19 +320,23 @@ class Store:
             )
         return bool(changed)
 
+    def _event_keys(self, event_id: str, registration_id: str) -> list[str]:
+        """Return the keys the event scripts take, in their order."""
+        keys = self.keys
+        return [
+            keys.event(event_id),
+            keys.registration(registration_id),
+            keys.deliver_schedule,
+            keys.attempts(event_id),
+            keys.exhausted,
+        ]
+
     async def redeliver(self, registration_id: str) -> int:
         """Queue a registration's event again; see ``lua.REDELIVER`` for results."""
-        keys = self.keys
         event_id = event_id_for(registration_id)
         async with translate_errors():
             result = await self._redeliver(
-                keys=[
-                    keys.event(event_id),
-                    keys.registration(registration_id),
-                    keys.deliver_schedule,
-                    keys.attempts(event_id),
-                    keys.exhausted,
-                ],
+                keys=self._event_keys(event_id, registration_id),
                 args=[event_id],
             )
         return int(result)

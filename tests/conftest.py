@@ -101,7 +101,7 @@ class SimulatorAdmin:
         return job_id
 
     def polls(self, job_id: str) -> int:
-        """Return how many polls the simulator answered for ``job_id``."""
+        """Return how many polls the simulator served for ``job_id``."""
         return int(self.http.get(f"/_sim/jobs/{job_id}").json()["polls"])
 
 

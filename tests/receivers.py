@@ -86,7 +86,7 @@ class WebhookReceiver:
             return [item for item in self.deliveries if item.verified]
 
     def wait_started(self, count: int, timeout_s: float = 30.0) -> None:
-        """Wait until ``count`` requests have arrived, answered or not."""
+        """Wait until ``count`` requests have arrived, with or without a response."""
         with self._condition:
             if not self._condition.wait_for(
                 lambda: self.started >= count, timeout=timeout_s
@@ -105,7 +105,7 @@ class WebhookReceiver:
             behaviour = script.pop(0) if len(script) > 1 else script[0]
         time.sleep(behaviour.delay_s)
         # Record after the delay, so a request the relay gave up on mid-wait
-        # still shows, but only once its answer is decided.
+        # still shows, but only once its response is decided.
         with self._condition:
             self.deliveries.append(Delivery(path, headers, body, payload, time.time()))
             self._condition.notify_all()

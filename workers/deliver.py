@@ -40,7 +40,7 @@ class Deliverer:
     ``delivery_per_host`` attempts at once and queues what those slots can
     send within half a lease, judged by its recent attempt durations (a new
     host counts as slow). Past that, its events go back on the schedule. A
-    receiver that never answers so holds only its own slots and a short
+    receiver that never responds so holds only its own slots and a short
     queue, and other hosts' webhooks go out undelayed.
     """
 

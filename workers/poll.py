@@ -203,7 +203,7 @@ async def _continue(
             errors=errors,
         )
 
-    # Most polls repeat the last answer; writing only what changed keeps the
+    # Most polls repeat the last response; writing only what changed keeps the
     # per-poll Redis work small.
     changed = {
         name: value for name, value in fields.items() if tracker.get(name) != str(value)

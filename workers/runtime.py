@@ -138,16 +138,16 @@ class Runtime:
     def drain(self, timeout_s: float) -> bool:
         """Wait until no batch is in flight; return False on timeout."""
         deadline = time.monotonic() + timeout_s
-        taken = 0
+        acquired_slots = 0
         try:
-            while taken < MAX_BATCHES_IN_FLIGHT:
+            while acquired_slots < MAX_BATCHES_IN_FLIGHT:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._slots.acquire(timeout=left):
                     return False
-                taken += 1
+                acquired_slots += 1
             return True
         finally:
-            for _ in range(taken):
+            for _ in range(acquired_slots):
                 self._slots.release()
 
     def run(

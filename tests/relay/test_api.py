@@ -328,7 +328,7 @@ def test_create_rejects_blocked_host(
 
 @pytest.mark.parametrize("host", ["hooks.example.com", "dual.example.com"])
 def test_create_accepts_public_hostname(strict_api: httpx.Client, host: str) -> None:
-    # A fake resolver answers; no worker runs, so nothing calls the host.
+    # A fake resolver returns the address; no worker runs, so nothing calls it.
     response = create(strict_api, callback_url=f"https://{host}/relay")
 
     assert response.status_code == 201, response.text

@@ -39,7 +39,7 @@ def http_date(offset_s: float) -> str:
     return format_datetime(datetime.now(UTC) + timedelta(seconds=offset_s), usegmt=True)
 
 
-# classify: 200 answers
+# classify: 200 responses
 
 
 @pytest.mark.parametrize(
