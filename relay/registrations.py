@@ -8,6 +8,7 @@ import json
 import secrets
 import string
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
@@ -25,6 +26,9 @@ EVENT_TYPES = (
 MAX_JOB_ID_CHARS = 256
 MAX_CALLBACK_URL_CHARS = 2048
 MAX_METADATA_DEPTH = 32
+# Clients register many jobs against a few callback URLs, so the outcome of
+# the checks that need no DNS is kept per URL. Only accepted URLs are kept.
+URL_CHECKS_CACHED = 4096
 
 # Characters that could change the upstream path once the job ID is placed in
 # ``/api/v1/videos/{job_id}``, even after percent-encoding by a careless proxy.
@@ -119,7 +123,24 @@ def check_job_id(job_id: str) -> str:
 
 
 def check_callback_url(url: str, settings: Settings) -> str:
-    """Return ``url`` if it is an absolute http(s) URL the relay may call."""
+    """Return ``url`` normalized if it is an absolute http(s) URL the relay may call."""
+    return _checked_callback_url(url, settings.callback_allow_cidrs).url
+
+
+@dataclass(frozen=True)
+class CheckedUrl:
+    """A callback URL that passed the checks that need no DNS."""
+
+    url: str
+    # The hostname and port to resolve at registration, or None for a
+    # literal address or a local name, which needs no lookup.
+    lookup: tuple[str, int] | None
+
+
+@lru_cache(maxsize=URL_CHECKS_CACHED)
+def _checked_callback_url(
+    url: str, allowed: tuple[url_safety.Network, ...]
+) -> CheckedUrl:
     parts = _split_callback_url(url)
 
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -137,18 +158,20 @@ def check_callback_url(url: str, settings: Settings) -> str:
     if parts.fragment or url.endswith("#"):
         raise InputError("callback_url", "callback_url must not have a #fragment")
 
-    if not parts.hostname.isascii():
+    host = parts.hostname
+    if not host.isascii():
         raise InputError(
             "callback_url",
             "callback_url host must be ASCII; write an international domain in "
             "its punycode (xn--) form",
         )
-    reason = url_safety.blocked_host_reason(
-        parts.hostname, settings.callback_allow_cidrs
-    )
+    reason = url_safety.blocked_host_reason(host, allowed)
     if reason:
         raise InputError("callback_url", f"callback_url host is not allowed: {reason}")
-    return normalize_url(url)
+    lookup = None
+    if url_safety.parse_literal(host) is None and not url_safety.is_local_name(host):
+        lookup = (host, parts.port or (443 if parts.scheme == "https" else 80))
+    return CheckedUrl(normalize_url(url), lookup)
 
 
 def _split_callback_url(url: str) -> SplitResult:
@@ -188,17 +211,15 @@ async def check_callback_addresses(
 ) -> None:
     """Resolve a callback hostname now and raise InputError if any address is blocked.
 
-    Literal addresses and localhost names were checked without DNS already.
-    Workers check again at every connection, since DNS answers change.
+    ``url`` has passed ``check_callback_url``. Literal addresses and local
+    names were checked there without DNS. Workers check again at every
+    connection, since DNS answers change.
     """
-    parts = urlsplit(url)
-    host = parts.hostname or ""
     allowed = settings.callback_allow_cidrs
-    if url_safety.blocked_host_reason(host, allowed) is not None:
+    lookup = _checked_callback_url(url, allowed).lookup
+    if lookup is None:
         return
-    if url_safety.parse_literal(host) is not None or url_safety.is_local_name(host):
-        return
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host, port = lookup
     try:
         async with asyncio.timeout(timeout_s):
             addresses = await resolver(host, port)
