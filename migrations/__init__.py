@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import redis
 import structlog
 
-from migrations import m0001_initial
+from migrations import m0001_initial, m0002_tenants
 from relay.errors import SchemaError
 from relay.keys import SCHEMA_VERSION, Keys
 
@@ -29,7 +29,10 @@ class Step:
     apply: Callable[[redis.Redis, Keys], None]
 
 
-STEPS = (Step(1, "initial keyspace", m0001_initial.apply),)
+STEPS = (
+    Step(1, "initial keyspace", m0001_initial.apply),
+    Step(2, "tenants and the registration index", m0002_tenants.apply),
+)
 
 
 def applied_version(client: redis.Redis, keys: Keys) -> int | None:
