@@ -60,7 +60,11 @@ def migrate(client: redis.Redis, keys: Keys) -> list[Step]:
 
 def check(client: redis.Redis, keys: Keys) -> None:
     """Raise SchemaError unless the keyspace is exactly at this code's version."""
-    current = applied_version(client, keys)
+    check_version(applied_version(client, keys), keys)
+
+
+def check_version(current: int | None, keys: Keys) -> None:
+    """Raise SchemaError unless ``current`` is exactly this code's version."""
     if current is None:
         raise SchemaError(
             f"Redis keyspace under prefix {keys.prefix!r} has no schema version; "

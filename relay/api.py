@@ -8,6 +8,7 @@ tenant ``default``.
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import datetime
 from typing import Annotated, Any
@@ -61,6 +62,8 @@ REDIS_CONNECTIONS = 64
 MAX_PAGE = 200
 STATES = ("tracking", "delivering", "delivered", "exhausted", "gone", "filtered")
 _ENCODER = msgspec.json.Encoder()
+# A cursor is an index member with '.' for ':' (see ``relay.keys``).
+_CURSOR = re.compile(r"([0-9]{13})\.(reg_[A-Za-z0-9_-]{1,64})")
 
 
 def _raw_header(connection: ASGIConnection[Any, Any, Any, Any], name: bytes) -> bytes:
@@ -322,19 +325,13 @@ def _encode_cursor(member: str) -> str:
 def _decode_cursor(cursor: str | None) -> str | None:
     if cursor is None:
         return None
-    millis, sep, registration_id = cursor.partition(".")
-    if (
-        not sep
-        or len(millis) != 13
-        or not millis.isdigit()
-        or not registration_id.startswith("reg_")
-        or len(registration_id) > 64
-    ):
+    match = _CURSOR.fullmatch(cursor)
+    if match is None:
         raise HTTPException(
             status_code=400,
             detail="cursor is not one this API returned; pass next_cursor unchanged",
         )
-    return index_member(int(millis), registration_id)
+    return index_member(int(match[1]), match[2])
 
 
 @get("/registrations/{registration_id:str}")
