@@ -9,8 +9,9 @@ write (``bench.bare_api``). Redis is flushed and migrated before each server.
 
 from __future__ import annotations
 
-import secrets
+import json
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -22,6 +23,7 @@ import redis
 
 from bench import processes, seed
 from bench.report import Options, Result, say
+from relay.crypto import new_key_text
 from relay.redis_server import free_port
 
 API_KEY = "bench-modelgates-key"
@@ -107,21 +109,46 @@ def bare(redis_url: str, sizes: Sizes, workdir: Path) -> dict[str, Any]:
 
 
 def relay(redis_url: str, sizes: Sizes, workdir: Path) -> dict[str, Any]:
-    """Measure ``relay api``."""
+    """Measure ``relay api`` with a tenant's API key, as production clients use it.
+
+    The key's rate limit and the tenant's cap are set far above what the run
+    reaches, so their checks run on every request without refusing one.
+    """
     fresh_keyspace(redis_url)
-    token = secrets.token_urlsafe(24)
     port = free_port()
     env = processes.relay_env(
         redis_url,
         "http://127.0.0.1:9",
         API_KEY,
-        RELAY_API_TOKEN=token,
         RELAY_API_PORT=str(port),
+        RELAY_ENCRYPTION_KEYS=new_key_text("bench"),
+        RELAY_KEY_RATE_PER_S="1000000",
+        RELAY_KEY_BURST="1000000",
+        RELAY_TENANT_MAX_ACTIVE="100000000",
     )
+    created = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            "keys",
+            "create",
+            "--tenant",
+            "bench",
+            "--json",
+        ],
+        env=processes.clean_environ(env),
+        cwd=processes.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    api_key = json.loads(created.stdout)["api_key"]
     process = processes.start_relay("api", env, workdir / "relay-api.log")
     try:
         processes.wait_for_http(f"http://127.0.0.1:{port}/readyz", process, 30)
-        return load(process, port, token, sizes, "relay", workdir)
+        return load(process, port, api_key, sizes, "relay", workdir)
     finally:
         processes.stop(process)
 
@@ -135,6 +162,7 @@ def run(options: Options) -> Result:
         "warmup_s": sizes.warmup_s,
         "duration_s": sizes.duration_s,
         "relay_log_level": "WARNING",
+        "relay_auth": "a tenant's API key",
     }
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))

@@ -66,7 +66,7 @@ def key_sizes(client: redis.Redis, keys: Keys, count: int) -> dict[str, float]:
         registration_ids.append(key.decode().rsplit(":", 1)[1])
         if len(registration_ids) >= KEY_SAMPLES:
             break
-    totals = {"registration": 0, "dedupe": 0, "tracker": 0, "tracker_regs": 0}
+    totals = {"registration": 0, "dedupe": 0, "tracker": 0}
     for registration_id in registration_ids:
         fields = client.hmget(
             keys.registration(registration_id), ["tracker_id", "dedupe_key"]
@@ -76,13 +76,16 @@ def key_sizes(client: redis.Redis, keys: Keys, count: int) -> dict[str, float]:
             "registration": keys.registration(registration_id),
             "dedupe": dedupe_key,
             "tracker": keys.tracker(tracker_id),
-            "tracker_regs": keys.tracker_registrations(tracker_id),
         }
         for kind, key in sizes.items():
             totals[kind] += int(client.memory_usage(key, samples=0) or 0)
     means = {kind: total / len(registration_ids) for kind, total in totals.items()}
     schedule = int(client.memory_usage(keys.poll_schedule, samples=0) or 0)
     means["poll_schedule_share"] = schedule / count
+    index = int(
+        client.memory_usage(keys.tenant_registrations("default"), samples=0) or 0
+    )
+    means["tenant_index_share"] = index / count
     return means
 
 

@@ -41,15 +41,21 @@ def applied_version(client: redis.Redis, keys: Keys) -> int | None:
     return int(raw) if raw is not None else None
 
 
-def migrate(client: redis.Redis, keys: Keys) -> list[Step]:
-    """Apply every step above the stored version and return the applied steps."""
+def migrate(
+    client: redis.Redis, keys: Keys, target: int = SCHEMA_VERSION
+) -> list[Step]:
+    """Apply every step above the stored version, up to ``target``.
+
+    Returns the applied steps. Tests pass a lower ``target`` to build an
+    older keyspace.
+    """
     current = applied_version(client, keys) or 0
     if current > SCHEMA_VERSION:
         raise SchemaError(_newer_message(current))
 
     applied = []
     for step in STEPS:
-        if step.version <= current:
+        if step.version <= current or step.version > target:
             continue
         step.apply(client, keys)
         client.set(keys.schema, step.version)

@@ -1,18 +1,23 @@
-"""Version 2: tenants, and an index of each tenant's registrations.
+"""Version 2: tenants, an index of each tenant's registrations, and trackers
+that list their registrations in their own hash.
 
 Registrations written by version 1 all belong to the tenant ``default``. This
 step adds each one to ``idx:regs:default`` and sets that tenant's count of
 active registrations (tracking or delivering), which the API's cap reads.
-It can run again after an interruption: the index and the count are rebuilt
-from the registrations themselves.
+It then moves each ``tracker:{cred}:{job}:regs`` set into fields ``r:{ID}``
+of its tracker hash. It can run again after an interruption: the index and
+the count are rebuilt from the registrations, and a set is deleted only in
+the transaction that copies it.
 """
 
 from __future__ import annotations
 
+from typing import cast
+
 import redis
 
 from relay.keys import Keys
-from relay.store import index_member
+from relay.store import REGISTRATION_FIELD, index_member
 from relay.tenants import DEFAULT_TENANT
 
 BATCH = 500
@@ -33,6 +38,22 @@ def apply(client: redis.Redis, keys: Keys) -> None:
         active += _index(client, keys, batch)
     if active or client.exists(keys.tenant(DEFAULT_TENANT)):
         client.hset(keys.tenant(DEFAULT_TENANT), "active", active)
+    _fold_tracker_sets(client, keys)
+
+
+def _fold_tracker_sets(client: redis.Redis, keys: Keys) -> None:
+    """Move each version 1 set of a tracker's registrations into its hash."""
+    for key in client.scan_iter(match=keys.tracker("*:regs"), count=1000):
+        if client.type(key) != b"set":
+            continue  # a tracker hash whose job ID ends in ':regs'
+        tracker_key = bytes(key).decode().removesuffix(":regs")
+        members = [cast(bytes, member).decode() for member in client.smembers(key)]
+        with client.pipeline(transaction=True) as pipe:
+            if members and client.exists(tracker_key):
+                for member in members:
+                    pipe.hset(tracker_key, REGISTRATION_FIELD + member, 1)
+            pipe.delete(key)
+            pipe.execute()
 
 
 def _index(client: redis.Redis, keys: Keys, batch: list[bytes]) -> int:

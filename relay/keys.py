@@ -5,8 +5,8 @@
 | schema                      | string | keyspace version applied by `relay migrate` |
 | reg:{id}                    | hash   | one registration                           |
 | idx:dedupe:{digest}         | string | registration ID for (job ID, callback URL) |
-| tracker:{cred}:{job}        | hash   | one upstream job as polled                 |
-| tracker:{cred}:{job}:regs   | set    | registration IDs the tracker serves        |
+| tracker:{cred}:{job}        | hash   | one upstream job as polled, and the        |
+|                             |        | registrations it serves as fields r:{ID}   |
 | schedule:poll               | zset   | tracker ID -> next due time (Redis clock)  |
 | event:{id}                  | hash   | one webhook to one callback                |
 | schedule:deliver            | zset   | event ID -> next attempt due time          |
@@ -99,9 +99,6 @@ class Keys:
 
     def tracker(self, tracker_id: str) -> str:
         return f"{self.prefix}tracker:{tracker_id}"
-
-    def tracker_registrations(self, tracker_id: str) -> str:
-        return f"{self.prefix}tracker:{tracker_id}:regs"
 
     def event(self, event_id: str) -> str:
         return f"{self.prefix}event:{event_id}"

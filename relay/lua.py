@@ -4,6 +4,9 @@ Every script reads the clock with Redis ``TIME``, so schedule scores come from
 one clock however far the workers' own clocks drift apart.
 """
 
+# A tracker hash lists the registrations it serves as fields 'r:{ID}', so a
+# tracker with one registration needs no second key.
+
 # Shared prelude: the server's time in seconds and milliseconds.
 _NOW = """
 local t = redis.call('TIME')
@@ -11,8 +14,19 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local now_ms = math.floor(now * 1000)
 """
 
-# KEYS: dedupe, registration, tracker, tracker registrations, poll schedule,
-#       schema, registration counters, tenant, tenant index, key rate bucket
+# Prelude: the registration IDs a tracker hash (KEYS[n]) serves.
+_SERVED = """
+local function served(key)
+  local ids = {}
+  for _, field in ipairs(redis.call('HKEYS', key)) do
+    if string.sub(field, 1, 2) == 'r:' then ids[#ids + 1] = string.sub(field, 3) end
+  end
+  return ids
+end
+"""
+
+# KEYS: dedupe, registration, tracker, poll schedule, schema, registration
+#       counters, tenant, tenant index, key rate bucket
 # ARGV: registration ID, tracker ID, first delay s, deadline s, schema version,
 #       rate per s (0 = no limit), burst, active cap (0 = no cap), '1' when
 #       the registration wants video.status_changed, then field pairs
@@ -25,50 +39,51 @@ local now_ms = math.floor(now * 1000)
 REGISTER = (
     _NOW
     + """
-if redis.call('GET', KEYS[6]) ~= ARGV[5] then return {-1, '', now_ms} end
+if redis.call('GET', KEYS[5]) ~= ARGV[5] then return {-1, '', now_ms} end
 local existing = redis.call('GET', KEYS[1])
 if existing then
-  redis.call('HINCRBY', KEYS[7], 'reused', 1)
+  redis.call('HINCRBY', KEYS[6], 'reused', 1)
   return {0, existing, now_ms}
 end
 local rate = tonumber(ARGV[6])
 local tokens = 0
 if rate > 0 then
   local burst = tonumber(ARGV[7])
-  local state = redis.call('HMGET', KEYS[10], 'tokens', 'at')
+  local state = redis.call('HMGET', KEYS[9], 'tokens', 'at')
   tokens = tonumber(state[1]) or burst
   local at = tonumber(state[2]) or now
   tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
   if tokens < 1 then
-    redis.call('HINCRBY', KEYS[7], 'rate_limited', 1)
+    redis.call('HINCRBY', KEYS[6], 'rate_limited', 1)
     return {-2, tostring((1 - tokens) / rate), now_ms}
   end
 end
 local cap = tonumber(ARGV[8])
-local active = tonumber(redis.call('HGET', KEYS[8], 'active') or '0')
+local active = tonumber(redis.call('HGET', KEYS[7], 'active') or '0')
 if cap > 0 and active >= cap then
-  redis.call('HINCRBY', KEYS[7], 'over_cap', 1)
+  redis.call('HINCRBY', KEYS[6], 'over_cap', 1)
   return {-3, active, now_ms}
 end
 if rate > 0 then
-  redis.call('HSET', KEYS[10], 'tokens', tostring(tokens - 1), 'at', tostring(now))
-  redis.call('EXPIRE', KEYS[10], 3600)
+  redis.call('HSET', KEYS[9], 'tokens', tostring(tokens - 1), 'at', tostring(now))
+  redis.call('EXPIRE', KEYS[9], 3600)
 end
-redis.call('HINCRBY', KEYS[7], 'created', 1)
-redis.call('HINCRBY', KEYS[8], 'active', 1)
+redis.call('HINCRBY', KEYS[6], 'created', 1)
+redis.call('HINCRBY', KEYS[7], 'active', 1)
 redis.call('SET', KEYS[1], ARGV[1])
-local fields = {'created_at_ms', now_ms, 'updated_at_ms', now_ms}
+-- updated_at_ms is left out until the first change, to keep the hash small.
+local fields = {'created_at_ms', now_ms}
 for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[2], unpack(fields))
-redis.call('ZADD', KEYS[9], 0, string.format('%013d:%s', now_ms, ARGV[1]))
+redis.call('ZADD', KEYS[8], 0, string.format('%013d:%s', now_ms, ARGV[1]))
 if redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('HSET', KEYS[3], 'polls', 0, 'errors', 0,
     'interval_s', ARGV[3], 'created_at_ms', now_ms,
     'deadline_ms', now_ms + math.floor(tonumber(ARGV[4]) * 1000))
-  redis.call('ZADD', KEYS[5], now + tonumber(ARGV[3]), ARGV[2])
+  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[2])
 end
 if ARGV[9] == '1' then redis.call('HSET', KEYS[3], 'wants_status', 1) end
-redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('HSET', KEYS[3], 'r:' .. ARGV[1], 1)
 return {1, ARGV[1], now_ms}
 """
 )
@@ -112,27 +127,28 @@ return 1
 """
 )
 
-# KEYS: tracker, tracker registrations, poll schedule, deliver schedule,
-#       then for each registration: its key, its event's key, its tenant
+# KEYS: tracker, poll schedule, deliver schedule, then for each
+#       registration: its key, its event's key, its tenant
 # ARGV: tracker ID, event type, snapshot JSON, polls, reason, retention s, n,
 #       then for each registration: ID, event ID ('' when filtered out), body
 # Returns -1 when a registration joined after the caller read the set. The
 # caller then reads again. Otherwise it returns the number of events created.
 TRACKER_FINISH = (
     _NOW
+    + _SERVED
     + """
 local retention = tonumber(ARGV[6])
 local n = tonumber(ARGV[7])
 local provided = {}
 for i = 0, n - 1 do provided[ARGV[8 + i * 3]] = true end
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+for _, member in ipairs(served(KEYS[1])) do
   if not provided[member] then return -1 end
 end
 local created = 0
 for i = 0, n - 1 do
-  local reg_key = KEYS[5 + i * 3]
-  local event_key = KEYS[6 + i * 3]
-  local tenant_key = KEYS[7 + i * 3]
+  local reg_key = KEYS[4 + i * 3]
+  local event_key = KEYS[5 + i * 3]
+  local tenant_key = KEYS[6 + i * 3]
   local reg_id = ARGV[8 + i * 3]
   local event_id = ARGV[9 + i * 3]
   if redis.call('HGET', reg_key, 'state') == 'tracking' then
@@ -146,7 +162,7 @@ for i = 0, n - 1 do
         'dedupe_key', dedupe_key,
         'type', ARGV[2], 'body', ARGV[10 + i * 3], 'attempts', 0,
         'state', 'pending', 'created_at_ms', now_ms)
-      redis.call('ZADD', KEYS[4], now, event_id)
+      redis.call('ZADD', KEYS[3], now, event_id)
       created = created + 1
     end
     redis.call('HSET', reg_key, 'state', state, 'event_id', event_id,
@@ -159,8 +175,8 @@ for i = 0, n - 1 do
     end
   end
 end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
 return created
 """
 )
@@ -251,30 +267,33 @@ return 1
 """
 )
 
-# KEYS: dedupe, registration, tracker, tracker registrations, poll schedule,
-#       event, deliver schedule, attempts, exhausted index, tenant,
-#       tenant index, status event, status event attempts
+# KEYS: dedupe, registration, tracker, poll schedule, event, deliver
+#       schedule, attempts, exhausted index, tenant, tenant index, status
+#       event, status event attempts
 # ARGV: registration ID, tracker ID, event ID, tenant index member, status
 #       event ID
 # Removes a registration and its event; its tracker goes too when no
 # registration is left.
-DELETE = """
+DELETE = (
+    _SERVED
+    + """
 local state = redis.call('HGET', KEYS[2], 'state')
 if not state then return 0 end
 if state == 'tracking' or state == 'delivering' then
-  redis.call('HINCRBY', KEYS[10], 'active', -1)
+  redis.call('HINCRBY', KEYS[9], 'active', -1)
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[6], KEYS[8], KEYS[12], KEYS[13])
-redis.call('ZREM', KEYS[7], ARGV[3], ARGV[5])
-redis.call('SREM', KEYS[9], ARGV[3])
-redis.call('ZREM', KEYS[11], ARGV[4])
-redis.call('SREM', KEYS[4], ARGV[1])
-if redis.call('SCARD', KEYS[4]) == 0 then
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[5], KEYS[7], KEYS[11], KEYS[12])
+redis.call('ZREM', KEYS[6], ARGV[3], ARGV[5])
+redis.call('SREM', KEYS[8], ARGV[3])
+redis.call('ZREM', KEYS[10], ARGV[4])
+redis.call('HDEL', KEYS[3], 'r:' .. ARGV[1])
+if redis.call('EXISTS', KEYS[3]) == 1 and #served(KEYS[3]) == 0 then
   redis.call('DEL', KEYS[3])
-  redis.call('ZREM', KEYS[5], ARGV[2])
+  redis.call('ZREM', KEYS[4], ARGV[2])
 end
 return 1
 """
+)
 
 # KEYS: token bucket, pause
 # ARGV: rate per s (0 = unlimited), burst, tokens requested

@@ -66,6 +66,10 @@ class Registered:
     active: int = 0
 
 
+# Tracker hash fields that name the registrations it serves: ``r:{ID}``.
+REGISTRATION_FIELD = "r:"
+
+
 def index_member(created_at_ms: int, registration_id: str) -> str:
     """Return a registration's member in its tenant's index (see ``relay.keys``)."""
     return f"{created_at_ms:013d}:{registration_id}"
@@ -205,7 +209,6 @@ class Store:
                     keys.dedupe(digest),
                     keys.registration(registration_id),
                     keys.tracker(tracker_id),
-                    keys.tracker_registrations(tracker_id),
                     keys.poll_schedule,
                     keys.schema,
                     keys.stats("registrations"),
@@ -351,7 +354,6 @@ class Store:
                     keys.dedupe(digest),
                     keys.registration(registration_id),
                     keys.tracker(tracker_id),
-                    keys.tracker_registrations(tracker_id),
                     keys.poll_schedule,
                     keys.event(event_id),
                     keys.deliver_schedule,
@@ -411,8 +413,12 @@ class Store:
         """Return the registrations a tracker serves that still await an outcome."""
         keys = self.keys
         async with translate_errors():
-            members = await self.client.smembers(keys.tracker_registrations(tracker_id))
-            ids = sorted(cast(bytes, member).decode() for member in members)
+            fields = await self.client.hkeys(keys.tracker(tracker_id))
+            ids = sorted(
+                name[2:]
+                for name in (cast(bytes, field).decode() for field in fields)
+                if name.startswith(REGISTRATION_FIELD)
+            )
             async with self.client.pipeline(transaction=False) as pipe:
                 for registration_id in ids:
                     pipe.hgetall(keys.registration(registration_id))
@@ -440,7 +446,6 @@ class Store:
         keys = self.keys
         script_keys = [
             keys.tracker(tracker_id),
-            keys.tracker_registrations(tracker_id),
             keys.poll_schedule,
             keys.deliver_schedule,
         ]

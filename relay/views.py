@@ -172,7 +172,7 @@ def summary_view(row: dict[str, str]) -> RegistrationSummary:
         metadata=json.loads(row["metadata"]),
         state=row["state"],
         created_at=rfc3339_ms(int(row["created_at_ms"])),
-        updated_at=rfc3339_ms(int(row["updated_at_ms"])),
+        updated_at=rfc3339_ms(int(row.get("updated_at_ms") or row["created_at_ms"])),
         event_type=row.get("event_type") or None,
         reason=row.get("reason") or None,
     )
@@ -215,7 +215,7 @@ async def registration_view(
         metadata=json.loads(row["metadata"]),
         state=row["state"],
         created_at=rfc3339_ms(int(row["created_at_ms"])),
-        updated_at=rfc3339_ms(int(row["updated_at_ms"])),
+        updated_at=rfc3339_ms(int(row.get("updated_at_ms") or row["created_at_ms"])),
         upstream=upstream,
         delivery=await _delivery_view(store, row),
         reason=row.get("reason") or None,

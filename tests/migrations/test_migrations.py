@@ -199,3 +199,49 @@ def test_cli_migrate_stores_version(
 
     assert result.returncode == 0, result.stderr
     assert redis_client.get(KEYS.schema) == str(SCHEMA_VERSION).encode()
+
+
+def write_version_1(client: redis.Redis) -> None:
+    """Write the keys version 1 left: two registrations sharing one tracker."""
+    migrations.migrate(client, KEYS, target=1)
+    tracker = "abcdef0123456789:job-old"
+    for number, state in ((1, "tracking"), (2, "delivered")):
+        client.hset(
+            f"{PREFIX}reg:reg_old{number}",
+            mapping={
+                "tenant": "default",
+                "job_id": "job-old",
+                "callback_url": f"http://127.0.0.1:9/{number}",
+                "events": "*",
+                "metadata": "{}",
+                "state": state,
+                "tracker_id": tracker,
+                "created_at_ms": 1_700_000_000_000 + number,
+                "updated_at_ms": 1_700_000_000_000 + number,
+            },
+        )
+    client.hset(f"{PREFIX}tracker:{tracker}", mapping={"polls": 3, "errors": 0})
+    client.sadd(f"{PREFIX}tracker:{tracker}:regs", "reg_old1", "reg_old2")
+    # A version 1 tracker whose job ID happens to end in ':regs'.
+    client.hset(f"{PREFIX}tracker:abcdef0123456789:x:regs", mapping={"polls": 1})
+
+
+def test_version_2_indexes_and_folds_version_1_keys(
+    redis_client: redis.Redis,
+) -> None:
+    write_version_1(redis_client)
+
+    applied = migrations.migrate(redis_client, KEYS)
+
+    assert [step.version for step in applied] == [2]
+    index = redis_client.zrange(f"{PREFIX}idx:regs:default", 0, -1)
+    assert index == [b"1700000000001:reg_old1", b"1700000000002:reg_old2"]
+    assert redis_client.hget(f"{PREFIX}tenant:default", "active") == b"1"
+    tracker = f"{PREFIX}tracker:abcdef0123456789:job-old"
+    assert not redis_client.exists(f"{tracker}:regs")
+    assert sorted(f for f in redis_client.hkeys(tracker) if f.startswith(b"r:")) == [
+        b"r:reg_old1",
+        b"r:reg_old2",
+    ]
+    odd = f"{PREFIX}tracker:abcdef0123456789:x:regs"
+    assert redis_client.hgetall(odd) == {b"polls": b"1"}
