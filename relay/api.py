@@ -22,15 +22,13 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.handlers.base import BaseRouteHandler
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay import keys as keyspace
 from relay import metrics as relay_metrics
-from relay import views
+from relay import openapi, views
 from relay.errors import SchemaError, StoreUnavailableError
 from relay.registrations import (
     InputError,
@@ -178,7 +176,13 @@ async def require_json(request: Request[Any, Any, Any]) -> None:
         )
 
 
-@post("/registrations", before_request=require_json, status_code=HTTP_201_CREATED)
+@post(
+    "/registrations",
+    before_request=require_json,
+    status_code=HTTP_201_CREATED,
+    responses=openapi.problems(400, 401, 404, 409, 413, 415, 422, 429, 503)
+    | {200: openapi.json_response(views.Registration, "The stored registration.")},
+)
 async def create_registration(
     data: JSONBody[views.RegistrationCreate], state: State
 ) -> Response[views.Registration]:
@@ -233,7 +237,10 @@ async def _existing_view(
     return view
 
 
-@get("/registrations/{registration_id:str}")
+@get(
+    "/registrations/{registration_id:str}",
+    responses=openapi.problems(400, 401, 404, 503),
+)
 async def read_registration(
     registration_id: FromPath[str], state: State
 ) -> views.Registration:
@@ -246,7 +253,10 @@ async def read_registration(
     return view
 
 
-@get("/registrations/{registration_id:str}/attempts")
+@get(
+    "/registrations/{registration_id:str}/attempts",
+    responses=openapi.problems(400, 401, 404, 503),
+)
 async def list_attempts(
     registration_id: FromPath[str], state: State
 ) -> views.AttemptList:
@@ -265,7 +275,11 @@ async def list_attempts(
     )
 
 
-@post("/registrations/{registration_id:str}/redeliver", status_code=HTTP_202_ACCEPTED)
+@post(
+    "/registrations/{registration_id:str}/redeliver",
+    status_code=HTTP_202_ACCEPTED,
+    responses=openapi.problems(400, 401, 404, 409, 429, 503),
+)
 async def redeliver_registration(
     registration_id: FromPath[str], state: State
 ) -> views.Registration:
@@ -301,7 +315,10 @@ async def redeliver_registration(
     return view
 
 
-@delete("/registrations/{registration_id:str}")
+@delete(
+    "/registrations/{registration_id:str}",
+    responses=openapi.problems(400, 401, 404, 503),
+)
 async def delete_registration(registration_id: FromPath[str], state: State) -> None:
     """Stop tracking; no webhook is sent for this registration afterwards."""
     store: Store = state.store
@@ -313,19 +330,34 @@ async def delete_registration(registration_id: FromPath[str], state: State) -> N
     log.info("registration.deleted", registration_id=registration_id)
 
 
-@get("/healthz", include_in_schema=True)
+@get(
+    "/healthz",
+    responses=openapi.problems()
+    | {200: openapi.json_response(openapi.Health, "The process is alive.")},
+)
 async def healthz() -> dict[str, str]:
     """Report that the process is alive."""
     return {"status": "ok"}
 
 
-@get("/metrics", media_type="text/plain; version=0.0.4", include_in_schema=False)
+@get(
+    "/metrics",
+    media_type="text/plain; version=0.0.4",
+    responses=openapi.problems(503),
+)
 async def metrics(state: State) -> str:
     """Return fleet-wide metrics in the Prometheus text format."""
     return await relay_metrics.render(state.store)
 
 
-@get("/readyz")
+@get(
+    "/readyz",
+    responses=openapi.problems()
+    | {
+        200: openapi.json_response(openapi.Readiness, "Ready to serve."),
+        503: openapi.json_response(openapi.Readiness, "Not ready, and why."),
+    },
+)
 async def readyz(state: State) -> Response[dict[str, Any]]:
     """Report whether Redis is reachable and its keyspace at this code's version."""
     store: Store = state.store
@@ -412,7 +444,7 @@ def create_app(settings: Settings, resolver: Resolver | None = None) -> Litestar
             delete_registration,
         ],
         guards=[require_token],
-        security=[{"bearer": []}],
+        security=[{openapi.BEARER_SCHEME: []}],
     )
     return Litestar(
         route_handlers=[v1, healthz, readyz, metrics],
@@ -436,14 +468,6 @@ def create_app(settings: Settings, resolver: Resolver | None = None) -> Litestar
         middleware=[access_log] if logs_requests(settings) else [],
         request_max_body_size=settings.max_body_bytes,
         on_shutdown=[close_redis],
-        openapi_config=OpenAPIConfig(
-            title="modelgates-relay",
-            version="1",
-            components=Components(
-                security_schemes={
-                    "bearer": SecurityScheme(type="http", scheme="bearer")
-                }
-            ),
-        ),
+        openapi_config=openapi.openapi_config(),
         logging_config=None,
     )

@@ -1,0 +1,143 @@
+"""OpenAPI material the routes share: the problem schema, error responses, config.
+
+Litestar builds the document served at ``/schema/openapi.json`` from the route
+handlers. Each handler lists the problem responses it can return with
+``responses=problems(...)``, and this module turns those status codes into
+``application/problem+json`` responses that share one ``Problem`` schema.
+"""
+
+# No ``from __future__ import annotations`` here. Python 3.11 finds the
+# NotRequired keys of a TypedDict when the class is created, and it cannot
+# see them in string annotations, so every key would be documented as required.
+from typing import Any, Literal, NotRequired, TypedDict
+
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import Method
+
+PROBLEM_JSON = "application/problem+json"
+BEARER_SCHEME = "bearer"
+
+PROBLEM_DESCRIPTIONS = {
+    400: "The request is malformed: the body is empty, is not valid JSON, misses "
+    "a required field, has an unknown field or a value of the wrong type, or "
+    "nests too deeply, or a parameter is invalid. For a missing or unknown "
+    "field or a wrong type, `errors` lists each one.",
+    401: "The bearer token is missing or wrong. The response carries "
+    '`WWW-Authenticate: Bearer realm="relay"`.',
+    404: "The registration was not found: its ID is unknown, or it expired or "
+    "was deleted. A create returns 404 only when another request deleted the "
+    "matching registration while this one ran.",
+    409: "A repeated registration with other `events` or `metadata`, or a "
+    "redelivery of a registration that has no webhook.",
+    413: "The request body is larger than `RELAY_MAX_BODY_BYTES`.",
+    415: "The request's content type is not `application/json`.",
+    422: "A field value breaks a rule of the API, and `field` names that field.",
+    429: "The request exceeds a rate limit or a cap on active registrations. "
+    "Retry later.",
+    500: "The relay failed unexpectedly and logged the error.",
+    503: "Redis is unreachable, and the response carries `Retry-After: 5`, or a "
+    "new registration finds the Redis keyspace not migrated to this code's "
+    "schema version.",
+}
+
+
+class ValidationItem(TypedDict):
+    """One invalid field of a request, as listed in a problem's ``errors``."""
+
+    message: str
+    key: NotRequired[str]
+    source: NotRequired[str]
+
+
+class Problem(TypedDict):
+    """An error response in the RFC 9457 problem details format."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    field: NotRequired[str]
+    errors: NotRequired[list[ValidationItem]]
+
+
+class Health(TypedDict):
+    """Body of ``GET /healthz``."""
+
+    status: Literal["ok"]
+
+
+class Readiness(TypedDict):
+    """Body of ``GET /readyz``: ready, or why not.
+
+    A ready API returns ``status`` "ok" and the keyspace ``schema`` version.
+    An unavailable one returns ``redis`` "unreachable", or the ``schema``
+    version found (null when none) and the ``expected`` one.
+    """
+
+    status: Literal["ok", "unavailable"]
+    schema: NotRequired[int | None]
+    expected: NotRequired[int]
+    redis: NotRequired[Literal["unreachable"]]
+
+
+def problem_response(status: int, description: str) -> ResponseSpec:
+    """Describe one problem response with the shared ``Problem`` schema."""
+    return ResponseSpec(
+        data_container=Problem,
+        description=description,
+        media_type=PROBLEM_JSON,
+        generate_examples=False,
+    )
+
+
+def problems(*statuses: int) -> dict[int, ResponseSpec]:
+    """Describe the problem responses of a route, always including 500.
+
+    Every route can fail unexpectedly, and the exception handler then returns
+    a 500 problem, so 500 is added without being named.
+    """
+    return {
+        status: problem_response(status, PROBLEM_DESCRIPTIONS[status])
+        for status in sorted({*statuses, 500})
+    }
+
+
+def operation_id(
+    route_handler: HTTPRouteHandler, http_method: Method, path_components: list[Any]
+) -> str:
+    """Name an operation after its handler function, in camelCase.
+
+    A test checks that the IDs are unique, because Litestar does not.
+    """
+    first, *rest = route_handler.handler_name.split("_")
+    return first + "".join(word.title() for word in rest)
+
+
+def openapi_config() -> OpenAPIConfig:
+    """Build the OpenAPI configuration of the app, with the bearer scheme."""
+    bearer = SecurityScheme(
+        type="http",
+        scheme="bearer",
+        description="The API token, sent as `Authorization: Bearer <token>`.",
+    )
+    return OpenAPIConfig(
+        title="modelgates-relay",
+        version="1",
+        description="Registers ModelGates video jobs and sends each job's outcome "
+        "to a callback URL as a signed Standard Webhooks request. Errors are "
+        "`application/problem+json` (RFC 9457).",
+        components=Components(security_schemes={BEARER_SCHEME: bearer}),
+        use_handler_docstrings=True,
+        operation_id_creator=operation_id,
+    )
+
+
+def json_response(data_container: Any, description: str) -> ResponseSpec:
+    """Describe a JSON response other than the one a handler's return type gives."""
+    return ResponseSpec(
+        data_container=data_container,
+        description=description,
+        generate_examples=False,
+    )
