@@ -22,7 +22,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -184,7 +184,7 @@ async def require_json(request: Request[Any, Any, Any]) -> None:
     | {200: openapi.json_response(views.Registration, "The stored registration.")},
 )
 async def create_registration(
-    data: JSONBody[views.RegistrationCreate], state: State
+    data: openapi.RegistrationCreateBody, state: State
 ) -> Response[views.Registration]:
     """Register a ModelGates job and the URL that receives its outcome.
 

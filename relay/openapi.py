@@ -9,12 +9,27 @@ handlers. Each handler lists the problem responses it can return with
 # No ``from __future__ import annotations`` here. Python 3.11 finds the
 # NotRequired keys of a TypedDict when the class is created, and it cannot
 # see them in string annotations, so every key would be documented as required.
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.openapi.spec import (
+    Components,
+    OpenAPIFormat,
+    OpenAPIType,
+    Schema,
+    SecurityScheme,
+)
+from litestar.params import Body
 from litestar.types import Method
+
+from relay.registrations import (
+    EVENT_TYPES,
+    MAX_CALLBACK_URL_CHARS,
+    MAX_JOB_ID_CHARS,
+    MAX_METADATA_DEPTH,
+)
+from relay.views import RegistrationCreate
 
 PROBLEM_JSON = "application/problem+json"
 BEARER_SCHEME = "bearer"
@@ -41,6 +56,68 @@ PROBLEM_DESCRIPTIONS = {
     "new registration finds the Redis keyspace not migrated to this code's "
     "schema version.",
 }
+
+
+# Printable ASCII (0x21 to 0x7E) without / \\ ? # %. The API also rejects
+# ".." and ".", which a pattern without lookahead cannot express.
+JOB_ID_PATTERN = r'^[!"$&-.0->@-\[\]-~]+$'
+
+# The fields of the create body with the rules the API checks, so clients and
+# schemathesis see them. The API checks these rules itself and rejects a
+# breach with 422, while the decoder rejects a wrong type with 400.
+REGISTRATION_CREATE_PROPERTIES = {
+    "job_id": Schema(
+        type=OpenAPIType.STRING,
+        min_length=1,
+        max_length=MAX_JOB_ID_CHARS,
+        pattern=JOB_ID_PATTERN,
+        description="ModelGates job ID: printable ASCII without spaces or any "
+        "of / \\ ? # %, without '..', and not '.'.",
+    ),
+    "callback_url": Schema(
+        type=OpenAPIType.STRING,
+        min_length=1,
+        max_length=MAX_CALLBACK_URL_CHARS,
+        format=OpenAPIFormat.URI,
+        description="Absolute http:// or https:// URL that receives the "
+        "webhook, without credentials or fragment, and with an ASCII host "
+        "that is a public address unless the operator allows its network.",
+    ),
+    "events": Schema(
+        one_of=[
+            Schema(
+                type=OpenAPIType.ARRAY,
+                items=Schema(type=OpenAPIType.STRING, enum=list(EVENT_TYPES)),
+                min_items=1,
+            ),
+            Schema(type=OpenAPIType.NULL),
+        ],
+        description="Event types to send. Null or left out means all of them, "
+        "and repeated types are dropped.",
+    ),
+    "metadata": Schema(
+        one_of=[
+            Schema(type=OpenAPIType.OBJECT, additional_properties=Schema()),
+            Schema(type=OpenAPIType.NULL),
+        ],
+        description="JSON object returned in the registration and the webhook: "
+        "at most RELAY_MAX_METADATA_BYTES (4096 by default) as compact JSON, "
+        f"nested at most {MAX_METADATA_DEPTH} levels deep, without NaN or "
+        "infinite numbers.",
+    ),
+}
+
+# The body parameter of ``POST /v1/registrations``. The decoder rejects
+# unknown fields with 400, so the schema forbids them too.
+RegistrationCreateBody = Annotated[
+    RegistrationCreate,
+    Body(
+        schema_extra={
+            "properties": REGISTRATION_CREATE_PROPERTIES,
+            "additional_properties": False,
+        }
+    ),
+]
 
 
 class ValidationItem(TypedDict):
@@ -109,7 +186,7 @@ def operation_id(
 ) -> str:
     """Name an operation after its handler function, in camelCase.
 
-    A test checks that the IDs are unique, because Litestar does not.
+    tests/contract/test_openapi.py checks that the IDs are unique.
     """
     first, *rest = route_handler.handler_name.split("_")
     return first + "".join(word.title() for word in rest)

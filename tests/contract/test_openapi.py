@@ -12,12 +12,16 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 from litestar.routes import HTTPRoute
 
 from relay.api import create_app
+from relay.openapi import JOB_ID_PATTERN
+from relay.registrations import InputError, check_job_id
 from relay.settings import Settings
+from relay.views import RegistrationCreate
 from tests.conftest import ApiFactory, fake_resolver
 
 PROBLEM_JSON = "application/problem+json"
@@ -169,3 +173,26 @@ def test_openapi_operation_ids_unique(document: dict[str, Any]) -> None:
 
     assert len(ids) == len(set(ids))
     assert "createRegistration" in ids
+
+
+def test_create_body_documents_every_field(document: dict[str, Any]) -> None:
+    body = document["components"]["schemas"]["RegistrationCreate"]
+    fields = {field.encode_name for field in msgspec.structs.fields(RegistrationCreate)}
+
+    assert set(body["properties"]) == fields
+    assert body["additionalProperties"] is False
+
+
+def test_job_id_pattern_matches_rules() -> None:
+    for code in range(0x100):
+        job_id = f"job{chr(code)}1"
+        try:
+            check_job_id(job_id)
+        except InputError:
+            accepted = False
+        else:
+            accepted = True
+
+        matched = re.fullmatch(JOB_ID_PATTERN, job_id) is not None
+
+        assert matched == accepted, f"{job_id!r}"
