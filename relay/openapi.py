@@ -15,7 +15,6 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import (
     Components,
-    OpenAPIFormat,
     OpenAPIType,
     Schema,
     SecurityScheme,
@@ -78,10 +77,11 @@ REGISTRATION_CREATE_PROPERTIES = {
         type=OpenAPIType.STRING,
         min_length=1,
         max_length=MAX_CALLBACK_URL_CHARS,
-        format=OpenAPIFormat.URI,
         description="Absolute http:// or https:// URL that receives the "
-        "webhook, without credentials or fragment, and with an ASCII host "
-        "that is a public address unless the operator allows its network.",
+        "webhook, without credentials, fragment, whitespace or control "
+        "characters, and with an ASCII host that is a public address unless "
+        "the operator allows its network. The path and query may contain "
+        "other Unicode characters, so this is not strictly an RFC 3986 URI.",
     ),
     "events": Schema(
         one_of=[
