@@ -18,7 +18,7 @@ from bench.processes import LOOPBACK_CIDRS
 from relay import keys as keyspace
 from relay.registrations import new_registration_id, validate
 from relay.settings import Settings
-from relay.store import Store
+from relay.store import Limits, Store
 from workers.poll import finish
 
 DEFAULT_CONCURRENCY = 300
@@ -59,10 +59,16 @@ async def register_all(
             request = validate(
                 job_ids[index], callback_url, None, {"bench": index}, settings
             )
-            created, _, _ = await store.register(
-                new_registration_id(), request, cred, first_delay_s, deadline_s
+            result = await store.register(
+                new_registration_id(),
+                request,
+                "default",
+                cred,
+                first_delay_s,
+                deadline_s,
+                Limits(),
             )
-            if not created:
+            if result.status != "created":
                 raise RuntimeError(f"job {job_ids[index]!r} was already registered")
 
     started = time.perf_counter()

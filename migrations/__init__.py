@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import redis
 import structlog
 
-from migrations import m0001_initial
+from migrations import m0001_initial, m0002_tenants
 from relay.errors import SchemaError
 from relay.keys import SCHEMA_VERSION, Keys
 
@@ -29,7 +29,10 @@ class Step:
     apply: Callable[[redis.Redis, Keys], None]
 
 
-STEPS = (Step(1, "initial keyspace", m0001_initial.apply),)
+STEPS = (
+    Step(1, "initial keyspace", m0001_initial.apply),
+    Step(2, "tenants and the registration index", m0002_tenants.apply),
+)
 
 
 def applied_version(client: redis.Redis, keys: Keys) -> int | None:
@@ -57,7 +60,11 @@ def migrate(client: redis.Redis, keys: Keys) -> list[Step]:
 
 def check(client: redis.Redis, keys: Keys) -> None:
     """Raise SchemaError unless the keyspace is exactly at this code's version."""
-    current = applied_version(client, keys)
+    check_version(applied_version(client, keys), keys)
+
+
+def check_version(current: int | None, keys: Keys) -> None:
+    """Raise SchemaError unless ``current`` is exactly this code's version."""
     if current is None:
         raise SchemaError(
             f"Redis keyspace under prefix {keys.prefix!r} has no schema version; "

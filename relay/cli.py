@@ -1,4 +1,5 @@
-"""The ``relay`` command: api, worker, migrate, simulate, dev, demo, secret."""
+"""The ``relay`` command: api, worker, migrate, keys, tenants, simulate, dev, demo,
+secret."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import redis
 import structlog
 
 import migrations
-from relay import logs
+from relay import admin_cli, logs
 from relay.errors import RelayError
 from relay.keys import Keys
 from relay.settings import Settings
@@ -76,6 +77,11 @@ def _demo(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _secret(settings: Settings, args: argparse.Namespace) -> None:
+    if args.encryption_key:
+        from relay.crypto import new_key_text
+
+        print(new_key_text(args.encryption_key))
+        return
     from relay.signing import generate_secret
 
     print(generate_secret())
@@ -118,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="apply Redis keyspace migrations").set_defaults(
         run=_migrate
     )
+    admin_cli.add_commands(commands, admin_cli.run_admin)
     simulate = commands.add_parser("simulate", help="serve a ModelGates simulator")
     simulate.add_argument("--host", default="127.0.0.1", help="address to listen on")
     simulate.add_argument("--port", type=int, default=8090, help="port to listen on")
@@ -132,9 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "demo", help="walk through every outcome and verify each webhook"
     ).set_defaults(run=_demo)
-    commands.add_parser(
-        "secret", help="print a new whsec_ signing secret"
-    ).set_defaults(run=_secret)
+    secret = commands.add_parser(
+        "secret", help="print a new whsec_ signing secret or encryption key"
+    )
+    secret.add_argument(
+        "--encryption-key",
+        metavar="ID",
+        help="print a new RELAY_ENCRYPTION_KEYS entry with this key ID instead",
+    )
+    secret.set_defaults(run=_secret)
     return parser
 
 

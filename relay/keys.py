@@ -15,10 +15,22 @@
 | pause:{cred}                | string | set while a 429 pauses that key (PX TTL)   |
 | stats:{name}                | hash   | fleet-wide counters for /metrics           |
 | idx:exhausted               | set    | IDs of events whose retries ran out        |
+| idx:regs:{tenant}           | zset   | a tenant's registrations, ordered by time  |
+| tenants                     | set    | names of the tenants that exist            |
+| tenant:{name}               | hash   | a tenant's sealed secrets and counters     |
+| apikey:{key id}             | hash   | an API key's tenant and SHA-256 digest     |
+| apikeys                     | set    | IDs of every API key, revoked ones too     |
+| cred:{cred}                 | string | a tenant's ModelGates key, sealed          |
+| idem:{tenant}:{digest}      | string | the first answer to an Idempotency-Key     |
+| ratelimit:apikey:{key id}   | hash   | registration token bucket of one API key   |
 
 A tracker ID is ``{cred}:{job}``: ``cred`` is a short digest of the ModelGates
 key, so the key itself is never stored, and two registrations of one job under
 one key share a tracker.
+
+``idx:regs:{tenant}`` holds every score at 0 and members that read
+``{created ms, 13 digits}:{registration ID}``, so the lexicographic order is
+the creation order and a member doubles as a pagination cursor.
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ import base64
 import hashlib
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ATTEMPTS_KEPT = 50
 
 
@@ -105,6 +117,32 @@ class Keys:
 
     def stats(self, name: str) -> str:
         return f"{self.prefix}stats:{name}"
+
+    def tenant_registrations(self, tenant: str) -> str:
+        return f"{self.prefix}idx:regs:{tenant}"
+
+    @property
+    def tenants(self) -> str:
+        return f"{self.prefix}tenants"
+
+    def tenant(self, name: str) -> str:
+        return f"{self.prefix}tenant:{name}"
+
+    def api_key(self, key_id: str) -> str:
+        return f"{self.prefix}apikey:{key_id}"
+
+    @property
+    def api_keys(self) -> str:
+        return f"{self.prefix}apikeys"
+
+    def credential(self, cred: str) -> str:
+        return f"{self.prefix}cred:{cred}"
+
+    def idempotency(self, tenant: str, digest: str) -> str:
+        return f"{self.prefix}idem:{tenant}:{digest}"
+
+    def key_rate_limit(self, key_id: str) -> str:
+        return f"{self.prefix}ratelimit:apikey:{key_id}"
 
     def tracker_id(self, cred: str, job_id: str) -> str:
         """Return the schedule member that names one upstream job."""

@@ -12,12 +12,16 @@ local now_ms = math.floor(now * 1000)
 """
 
 # KEYS: dedupe, registration, tracker, tracker registrations, poll schedule,
-#       schema, registration counters
+#       schema, registration counters, tenant, tenant index, key rate bucket
 # ARGV: registration ID, tracker ID, first delay s, deadline s, schema version,
-#       then field pairs
-# Returns {1, new ID, now ms}, {0, existing ID, now ms}, or {-1, '', now ms}
+#       rate per s (0 = no limit), burst, active cap (0 = no cap), then
+#       field pairs
+# Returns {1, new ID, now ms}, {0, existing ID, now ms}, {-1, '', now ms}
 # when the keyspace is not at the expected schema version (say, after Redis
-# restarted empty), so nothing is written that no worker would process.
+# restarted empty), so nothing is written that no worker would process,
+# {-2, seconds to wait, now ms} when the API key is over its rate, and
+# {-3, active count, now ms} when the tenant is at its cap. A repeated
+# request finds its registration before either limit applies.
 REGISTER = (
     _NOW
     + """
@@ -27,11 +31,36 @@ if existing then
   redis.call('HINCRBY', KEYS[7], 'reused', 1)
   return {0, existing, now_ms}
 end
+local rate = tonumber(ARGV[6])
+local tokens = 0
+if rate > 0 then
+  local burst = tonumber(ARGV[7])
+  local state = redis.call('HMGET', KEYS[10], 'tokens', 'at')
+  tokens = tonumber(state[1]) or burst
+  local at = tonumber(state[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+  if tokens < 1 then
+    redis.call('HINCRBY', KEYS[7], 'rate_limited', 1)
+    return {-2, tostring((1 - tokens) / rate), now_ms}
+  end
+end
+local cap = tonumber(ARGV[8])
+local active = tonumber(redis.call('HGET', KEYS[8], 'active') or '0')
+if cap > 0 and active >= cap then
+  redis.call('HINCRBY', KEYS[7], 'over_cap', 1)
+  return {-3, active, now_ms}
+end
+if rate > 0 then
+  redis.call('HSET', KEYS[10], 'tokens', tostring(tokens - 1), 'at', tostring(now))
+  redis.call('EXPIRE', KEYS[10], 3600)
+end
 redis.call('HINCRBY', KEYS[7], 'created', 1)
+redis.call('HINCRBY', KEYS[8], 'active', 1)
 redis.call('SET', KEYS[1], ARGV[1])
 local fields = {'created_at_ms', now_ms, 'updated_at_ms', now_ms}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[2], unpack(fields))
+redis.call('ZADD', KEYS[9], 0, string.format('%013d:%s', now_ms, ARGV[1]))
 if redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('HSET', KEYS[3], 'polls', 0, 'errors', 0,
     'interval_s', ARGV[3], 'created_at_ms', now_ms,
@@ -83,7 +112,7 @@ return 1
 )
 
 # KEYS: tracker, tracker registrations, poll schedule, deliver schedule,
-#       then for each registration: its key and its event's key
+#       then for each registration: its key, its event's key, its tenant
 # ARGV: tracker ID, event type, snapshot JSON, polls, reason, retention s, n,
 #       then for each registration: ID, event ID ('' when filtered out), body
 # Returns -1 when a registration joined after the caller read the set. The
@@ -100,8 +129,9 @@ for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do
 end
 local created = 0
 for i = 0, n - 1 do
-  local reg_key = KEYS[5 + i * 2]
-  local event_key = KEYS[6 + i * 2]
+  local reg_key = KEYS[5 + i * 3]
+  local event_key = KEYS[6 + i * 3]
+  local tenant_key = KEYS[7 + i * 3]
   local reg_id = ARGV[8 + i * 3]
   local event_id = ARGV[9 + i * 3]
   if redis.call('HGET', reg_key, 'state') == 'tracking' then
@@ -111,6 +141,7 @@ for i = 0, n - 1 do
       state = 'delivering'
       redis.call('HSET', event_key, 'id', event_id, 'registration_id', reg_id,
         'callback_url', redis.call('HGET', reg_key, 'callback_url'),
+        'tenant', redis.call('HGET', reg_key, 'tenant') or 'default',
         'dedupe_key', dedupe_key,
         'type', ARGV[2], 'body', ARGV[10 + i * 3], 'attempts', 0,
         'state', 'pending', 'created_at_ms', now_ms)
@@ -121,6 +152,7 @@ for i = 0, n - 1 do
       'event_type', ARGV[2], 'snapshot', ARGV[3], 'polls', ARGV[4],
       'reason', ARGV[5], 'finished_at_ms', now_ms, 'updated_at_ms', now_ms)
     if state == 'filtered' then
+      redis.call('HINCRBY', tenant_key, 'active', -1)
       redis.call('EXPIRE', reg_key, retention)
       redis.call('EXPIRE', dedupe_key, retention)
     end
@@ -132,7 +164,8 @@ return created
 """
 )
 
-# KEYS: event, registration, deliver schedule, attempts, exhausted index
+# KEYS: event, registration, deliver schedule, attempts, exhausted index,
+#       tenant
 # ARGV: event ID, attempt JSON, outcome (delivered|retry|exhausted|gone),
 #       delay s, attempts kept, retention s
 # Only a pending event changes, so a late or repeated attempt cannot undo a
@@ -159,7 +192,9 @@ end
 redis.call('HSET', KEYS[1], 'state', outcome, 'finished_at_ms', now_ms)
 redis.call('ZREM', KEYS[3], ARGV[1])
 if outcome == 'exhausted' then redis.call('SADD', KEYS[5], ARGV[1]) end
-if redis.call('EXISTS', KEYS[2]) == 1 then
+local reg_state = redis.call('HGET', KEYS[2], 'state')
+if reg_state then
+  if reg_state == 'delivering' then redis.call('HINCRBY', KEYS[6], 'active', -1) end
   redis.call('HSET', KEYS[2], 'state', outcome, 'updated_at_ms', now_ms)
 end
 if outcome ~= 'exhausted' then
@@ -175,15 +210,21 @@ return 1
 )
 
 # KEYS: dedupe, registration, tracker, tracker registrations, poll schedule,
-#       event, deliver schedule, attempts, exhausted index
-# ARGV: registration ID, tracker ID, event ID
+#       event, deliver schedule, attempts, exhausted index, tenant,
+#       tenant index
+# ARGV: registration ID, tracker ID, event ID, tenant index member
 # Removes a registration and its event; its tracker goes too when no
 # registration is left.
 DELETE = """
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+local state = redis.call('HGET', KEYS[2], 'state')
+if not state then return 0 end
+if state == 'tracking' or state == 'delivering' then
+  redis.call('HINCRBY', KEYS[10], 'active', -1)
+end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[6], KEYS[8])
 redis.call('ZREM', KEYS[7], ARGV[3])
 redis.call('SREM', KEYS[9], ARGV[3])
+redis.call('ZREM', KEYS[11], ARGV[4])
 redis.call('SREM', KEYS[4], ARGV[1])
 if redis.call('SCARD', KEYS[4]) == 0 then
   redis.call('DEL', KEYS[3])
@@ -241,7 +282,8 @@ return #ARGV - 1
 """
 )
 
-# KEYS: event, registration, deliver schedule, attempts, exhausted index
+# KEYS: event, registration, deliver schedule, attempts, exhausted index,
+#       tenant
 # ARGV: event ID
 # Sends a stored event again with the same ID: its state returns to pending,
 # its attempt count restarts, and the retention expiry is lifted. Returns 0
@@ -259,6 +301,10 @@ redis.call('PERSIST', KEYS[1])
 redis.call('PERSIST', KEYS[2])
 redis.call('PERSIST', KEYS[4])
 if dedupe_key then redis.call('PERSIST', dedupe_key) end
+local reg_state = redis.call('HGET', KEYS[2], 'state')
+if reg_state and reg_state ~= 'delivering' and reg_state ~= 'tracking' then
+  redis.call('HINCRBY', KEYS[6], 'active', 1)
+end
 redis.call('HSET', KEYS[2], 'state', 'delivering', 'updated_at_ms', now_ms)
 redis.call('ZADD', KEYS[3], now, ARGV[1])
 redis.call('SREM', KEYS[5], ARGV[1])

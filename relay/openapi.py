@@ -9,8 +9,9 @@ handlers. Each handler lists the problem responses it can return with
 # No ``from __future__ import annotations`` here. Python 3.11 finds the
 # NotRequired keys of a TypedDict when the class is created, and it cannot
 # see them in string annotations, so every key would be documented as required.
-from typing import Annotated, Any, Literal, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired, TypedDict
 
+import msgspec
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import (
@@ -20,7 +21,9 @@ from litestar.openapi.spec import (
     SecurityScheme,
 )
 from litestar.params import Body
+from litestar.plugins import OpenAPISchemaPlugin
 from litestar.types import Method
+from litestar.typing import FieldDefinition
 
 from relay.registrations import (
     EVENT_TYPES,
@@ -30,26 +33,35 @@ from relay.registrations import (
 )
 from relay.views import RegistrationCreate
 
+if TYPE_CHECKING:
+    from litestar._openapi.schema_generation import SchemaCreator
+
 PROBLEM_JSON = "application/problem+json"
 BEARER_SCHEME = "bearer"
 
 PROBLEM_DESCRIPTIONS = {
-    400: "The request is malformed: the body is empty, is not valid JSON, misses "
+    400: "The request is malformed. The body is empty, is not valid JSON, misses "
     "a required field, has an unknown field or a value of the wrong type, or "
-    "nests too deeply, or a parameter is invalid. For a missing or unknown "
-    "field or a wrong type, `errors` lists each one.",
-    401: "The bearer token is missing or wrong. The response carries "
+    "nests too deeply, or a query parameter or the Idempotency-Key header is "
+    "invalid. For a missing or unknown field or a wrong type, `errors` lists "
+    "each one.",
+    401: "The API key is missing, unknown or revoked. The response carries "
     '`WWW-Authenticate: Bearer realm="relay"`.',
+    403: "The tenant already has as many active registrations as "
+    "`RELAY_TENANT_MAX_ACTIVE` allows.",
     404: "The registration was not found: its ID is unknown, or it expired or "
     "was deleted. A create returns 404 only when another request deleted the "
     "matching registration while this one ran.",
-    409: "A repeated registration with other `events` or `metadata`, or a "
-    "redelivery of a registration that has no webhook.",
+    409: "The request conflicts with stored state: a repeated registration with "
+    "other `events` or `metadata`, a redelivery of a registration that has no "
+    "webhook, an Idempotency-Key whose first request is still running, or a "
+    "tenant change that the tenant does not allow.",
     413: "The request body is larger than `RELAY_MAX_BODY_BYTES`.",
     415: "The request's content type is not `application/json`.",
-    422: "A field value breaks a rule of the API, and `field` names that field.",
-    429: "The request exceeds a rate limit or a cap on active registrations. "
-    "Retry later.",
+    422: "A field value breaks a rule of the API, and `field` names that field, "
+    "or the Idempotency-Key was used before with another request body.",
+    429: "The API key sent more registrations than `RELAY_KEY_RATE_PER_S` "
+    "allows. Retry after the seconds in the `Retry-After` header.",
     500: "The relay failed unexpectedly and logged the error.",
     503: "Redis is unreachable, and the response carries `Retry-After: 5`, or a "
     "new registration finds the Redis keyspace not migrated to this code's "
@@ -107,17 +119,41 @@ REGISTRATION_CREATE_PROPERTIES = {
     ),
 }
 
-# The body parameter of ``POST /v1/registrations``. The decoder rejects
-# unknown fields with 400, so the schema forbids them too.
+# The body parameter of ``POST /v1/registrations``, with its field rules.
 RegistrationCreateBody = Annotated[
     RegistrationCreate,
-    Body(
-        schema_extra={
-            "properties": REGISTRATION_CREATE_PROPERTIES,
-            "additional_properties": False,
-        }
-    ),
+    Body(schema_extra={"properties": REGISTRATION_CREATE_PROPERTIES}),
 ]
+
+
+class StrictStructSchemaPlugin(OpenAPISchemaPlugin):
+    """Document a struct that rejects unknown fields with additionalProperties false.
+
+    msgspec rejects unknown fields of a struct declared with
+    ``forbid_unknown_fields=True``, and the API answers 400. Litestar's own
+    struct schema leaves that out, so this plugin lets Litestar's next plugin
+    build the schema and then adds it.
+    """
+
+    def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
+        return (
+            not field_definition.is_union
+            and field_definition.is_subclass_of(msgspec.Struct)
+            and field_definition.type_.__struct_config__.forbid_unknown_fields
+        )
+
+    def to_openapi_schema(
+        self, field_definition: FieldDefinition, schema_creator: "SchemaCreator"
+    ) -> Schema:
+        builder = next(
+            plugin
+            for plugin in schema_creator.plugins
+            if plugin is not self
+            and schema_creator.plugin_supports_field(plugin, field_definition)
+        )
+        schema = builder.to_openapi_schema(field_definition, schema_creator)
+        schema.additional_properties = False
+        return schema
 
 
 class ValidationItem(TypedDict):

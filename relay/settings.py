@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import urlsplit
 
+from relay.crypto import Keyring
 from relay.errors import SettingsError
 
 DEFAULT_RETRY_SCHEDULE_S = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
@@ -69,6 +70,11 @@ class Settings:
     delivery_per_host: int = 8
 
     callback_allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    encryption_keys: Keyring = field(default_factory=Keyring)
+    key_rate_per_s: float = 100.0
+    key_burst: int = 200
+    tenant_max_active: int = 100_000
+    idempotency_ttl_s: float = 86400.0
     retention_s: float = 7 * 86400.0
     batch_size: int = 400
     lease_s: float = 60.0
@@ -114,6 +120,11 @@ class Settings:
             ),
             delivery_per_host=env.integer("RELAY_DELIVERY_PER_HOST", 8, low=1),
             callback_allow_cidrs=env.networks("RELAY_CALLBACK_ALLOW_CIDRS"),
+            encryption_keys=Keyring.parse(env.text("RELAY_ENCRYPTION_KEYS", "")),
+            key_rate_per_s=env.number("RELAY_KEY_RATE_PER_S", 100.0, low=0),
+            key_burst=env.integer("RELAY_KEY_BURST", 200, low=1),
+            tenant_max_active=env.integer("RELAY_TENANT_MAX_ACTIVE", 100_000, low=0),
+            idempotency_ttl_s=env.number("RELAY_IDEMPOTENCY_TTL_S", 86400.0, low=60),
             retention_s=env.number("RELAY_RETENTION_S", 604800.0, low=60),
             batch_size=env.integer("RELAY_BATCH_SIZE", 400, low=1, high=10000),
             lease_s=env.number("RELAY_LEASE_S", 60.0, low=1),
@@ -146,10 +157,11 @@ class Settings:
 
     def require_api(self) -> None:
         """Raise SettingsError unless the API's own settings are present."""
-        if len(self.api_token.reveal()) < 16:
+        token = self.api_token.reveal()
+        if token and len(token) < 16:
             raise SettingsError(
-                "RELAY_API_TOKEN must be set to a random string of at least "
-                "16 characters; clients send it as 'Authorization: Bearer <token>'"
+                "RELAY_API_TOKEN must be a random string of at least 16 characters, "
+                "or unset to accept only API keys from `relay keys create`"
             )
         self._require_modelgates_key()
 

@@ -221,6 +221,8 @@ class JobState:
     step_started_at: float | None = None
     polls: int = 0
     status_codes: list[int] = field(default_factory=list)
+    # Accepted polls per key, by the key's position in the simulator's list.
+    polls_by_key: dict[int, int] = field(default_factory=dict)
 
     def advance(self, now: float) -> Step:
         """Move past finished steps, then count this poll against the current step."""
@@ -234,9 +236,11 @@ class JobState:
         self.step_polls += 1
         return self.steps[self.step_index]
 
-    def record(self, status_code: int) -> None:
+    def record(self, status_code: int, key_index: int | None = None) -> None:
         self.polls += 1
         self.status_codes.append(status_code)
+        if key_index is not None:
+            self.polls_by_key[key_index] = self.polls_by_key.get(key_index, 0) + 1
 
     def summary(self, job_id: str) -> dict[str, object]:
         return {
@@ -244,6 +248,7 @@ class JobState:
             "polls": self.polls,
             "step": self.step_index,
             "status_codes": list(self.status_codes),
+            "polls_by_key": {str(k): n for k, n in sorted(self.polls_by_key.items())},
         }
 
     def _step_finished(self, now: float) -> bool:
@@ -353,14 +358,17 @@ _BAD_GATEWAY_PAGE = (
 
 
 class Simulator:
-    """The in-memory jobs of one simulator app, and the API key it accepts.
+    """The in-memory jobs of one simulator app, and the API keys it accepts.
+
+    Each job counts its accepted polls per key, by the key's position in
+    ``api_keys``, so tests can tell which key a relay polled with.
 
     Hold ``lock`` while calling the other methods, so concurrent requests see each
     job's state change one poll at a time.
     """
 
-    def __init__(self, api_key: str) -> None:
-        self._api_key = api_key
+    def __init__(self, api_keys: Sequence[str]) -> None:
+        self._api_keys = [key.encode() for key in api_keys]
         self.lock = asyncio.Lock()
         self.jobs: dict[str, JobState] = {}
         self.total_polls = 0
@@ -376,7 +384,7 @@ class Simulator:
         self.total_polls += 1
         job = self.find_job(job_id)
 
-        auth_error = self._check_authorization(authorization)
+        key_index, auth_error = self._check_authorization(authorization)
         if auth_error is not None:
             reply = error_reply(401, auth_error)
         elif job is None:
@@ -386,7 +394,7 @@ class Simulator:
             reply = render_step(step, job_id, base_url)
 
         if job is not None:
-            job.record(reply.status_code)
+            job.record(reply.status_code, key_index)
         return reply
 
     def find_job(self, job_id: str) -> JobState | None:
@@ -410,18 +418,25 @@ class Simulator:
         self.jobs.clear()
         self.total_polls = 0
 
-    def _check_authorization(self, authorization: str | None) -> str | None:
+    def _check_authorization(
+        self, authorization: str | None
+    ) -> tuple[int | None, str | None]:
+        """Return the accepted key's position, or an error message."""
         if not authorization:
-            return (
+            return None, (
                 "Missing Authorization header. Send 'Authorization: Bearer <API key>'."
             )
 
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return "The Authorization header must have the form 'Bearer <API key>'."
-        if not hmac.compare_digest(token.strip().encode(), self._api_key.encode()):
-            return "Invalid API key."
-        return None
+            return None, (
+                "The Authorization header must have the form 'Bearer <API key>'."
+            )
+        sent = token.strip().encode()
+        for index, key in enumerate(self._api_keys):
+            if hmac.compare_digest(sent, key):
+                return index, None
+        return None, "Invalid API key."
 
 
 def not_found_message(job_id: str) -> str:
@@ -524,9 +539,9 @@ async def delete_jobs(simulator: NamedDependency[Simulator]) -> None:
     logger.info("simulator.reset")
 
 
-def create_app(api_key: str) -> Litestar:
-    """Create a simulator app that accepts ``api_key`` as its bearer token."""
-    simulator = Simulator(api_key)
+def create_app(api_key: str, *more_keys: str) -> Litestar:
+    """Create a simulator app that accepts ``api_key`` and ``more_keys``."""
+    simulator = Simulator([api_key, *more_keys])
 
     def provide_simulator() -> Simulator:
         return simulator

@@ -22,8 +22,6 @@ from relay import lua
 from relay.errors import SchemaError, StoreUnavailableError
 from relay.registrations import NewRegistration, encode_events, event_id_for
 
-TENANT = "default"
-
 
 @dataclass(frozen=True)
 class TrackerUpdate:
@@ -35,12 +33,89 @@ class TrackerUpdate:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one registration request may use: its key's rate and its tenant's cap.
+
+    Zero turns a limit off.
+    """
+
+    rate_per_s: float = 0.0
+    burst: int = 1
+    max_active: int = 0
+
+
+@dataclass(frozen=True)
+class Registered:
+    """The outcome of ``Store.register``.
+
+    ``status`` is ``created``, ``reused``, ``rate_limited`` or ``at_cap``. For
+    ``rate_limited``, ``retry_after_s`` says when a token is free; for
+    ``at_cap``, ``active`` is the tenant's count of active registrations.
+    """
+
+    status: str
+    registration_id: str
+    now_ms: int
+    retry_after_s: float = 0.0
+    active: int = 0
+
+
+def index_member(created_at_ms: int, registration_id: str) -> str:
+    """Return a registration's member in its tenant's index (see ``relay.keys``)."""
+    return f"{created_at_ms:013d}:{registration_id}"
+
+
+@dataclass(frozen=True)
+class PageQuery:
+    """One request for a page of a tenant's registrations.
+
+    Times are epoch milliseconds; ``after_ms`` and ``before_ms`` are
+    exclusive. ``cursor`` is the index member a previous page ended on.
+    """
+
+    limit: int = 50
+    newest_first: bool = True
+    after_ms: int | None = None
+    before_ms: int | None = None
+    cursor: str | None = None
+    job_id: str | None = None
+    state: str | None = None
+    scan_budget: int = 1000
+
+    def bounds(self) -> tuple[str, str]:
+        """Return the (min, max) lexicographic range for ZRANGEBYLEX."""
+        low = "-" if self.after_ms is None else f"[{self.after_ms + 1:013d}"
+        high = "+" if self.before_ms is None else f"({self.before_ms:013d}"
+        if self.cursor is not None:
+            if self.newest_first:
+                high = min(high, "(" + self.cursor, key=_bound_key)
+            else:
+                low = max(low, "(" + self.cursor, key=_bound_key)
+        return low, high
+
+    def matches(self, row: dict[str, str]) -> bool:
+        if self.job_id is not None and row.get("job_id") != self.job_id:
+            return False
+        return self.state is None or row.get("state") == self.state
+
+
+def _bound_key(bound: str) -> tuple[int, str]:
+    """Order ZRANGEBYLEX bounds: '-' lowest, '+' highest, else by value."""
+    if bound == "-":
+        return (0, "")
+    if bound == "+":
+        return (2, "")
+    return (1, bound[1:])
+
+
+@dataclass(frozen=True)
 class TerminalEvent:
     """The event one registration receives when its tracker ends."""
 
     registration_id: str
     event_id: str
     body: bytes
+    tenant: str = "default"
 
 
 @asynccontextmanager
@@ -80,19 +155,22 @@ class Store:
         self,
         registration_id: str,
         request: NewRegistration,
+        tenant: str,
         cred: str,
         first_delay_s: float,
         deadline_s: float,
-    ) -> tuple[bool, str, int]:
-        """Store a registration; return (created, ID, Redis time in ms).
+        limits: Limits,
+        key_id: str = "",
+    ) -> Registered:
+        """Store a registration unless it exists or a limit refuses it.
 
         For a duplicate, the ID is the existing registration's.
         """
         keys = self.keys
         tracker_id = keys.tracker_id(cred, request.job_id)
-        digest = keyspace.dedupe_digest(TENANT, request.job_id, request.callback_url)
+        digest = keyspace.dedupe_digest(tenant, request.job_id, request.callback_url)
         fields = {
-            "tenant": TENANT,
+            "tenant": tenant,
             "job_id": request.job_id,
             "callback_url": request.callback_url,
             "events": encode_events(request.events),
@@ -107,11 +185,14 @@ class Store:
             first_delay_s,
             deadline_s,
             keyspace.SCHEMA_VERSION,
+            limits.rate_per_s if key_id else 0,
+            limits.burst,
+            limits.max_active,
         ]
         for name, value in fields.items():
             args += [name, value]
         async with translate_errors():
-            created, found_id, now_ms = await self._register(
+            code, found, now_ms = await self._register(
                 keys=[
                     keys.dedupe(digest),
                     keys.registration(registration_id),
@@ -120,20 +201,83 @@ class Store:
                     keys.poll_schedule,
                     keys.schema,
                     keys.stats("registrations"),
+                    keys.tenant(tenant),
+                    keys.tenant_registrations(tenant),
+                    keys.key_rate_limit(key_id),
                 ],
                 args=args,
             )
-        if created == -1:
+        now_ms = int(now_ms)
+        if code == -1:
             raise SchemaError(
                 "Redis keyspace has no current schema version; run `relay migrate`"
             )
-        return bool(created), cast(bytes, found_id).decode(), int(now_ms)
+        if code == -2:
+            return Registered("rate_limited", "", now_ms, retry_after_s=float(found))
+        if code == -3:
+            return Registered("at_cap", "", now_ms, active=int(found))
+        status = "created" if code == 1 else "reused"
+        return Registered(status, cast(bytes, found).decode(), now_ms)
 
     async def registration(self, registration_id: str) -> dict[str, str] | None:
         """Return a registration's fields, or None if it does not exist."""
         async with translate_errors():
             raw = await self.client.hgetall(self.keys.registration(registration_id))
         return _with_ids(registration_id, decode(raw))
+
+    async def list_registrations(
+        self, tenant: str, page: PageQuery
+    ) -> tuple[list[dict[str, str]], str | None]:
+        """Return one page of a tenant's registrations and the cursor after it.
+
+        Index members whose registration expired are removed on the way.
+        The page holds fewer than ``page.limit`` rows when the filters skip
+        many; the cursor is None only when the range is exhausted.
+        """
+        index = self.keys.tenant_registrations(tenant)
+        low, high = page.bounds()
+        found: list[dict[str, str]] = []
+        scanned = 0
+        last: str | None = None
+        while len(found) < page.limit and scanned < page.scan_budget:
+            chunk = min(page.scan_budget - scanned, max(page.limit - len(found), 50))
+            async with translate_errors():
+                if page.newest_first:
+                    raw = await self.client.zrevrangebylex(index, high, low, 0, chunk)
+                else:
+                    raw = await self.client.zrangebylex(index, low, high, 0, chunk)
+            members = [cast(bytes, member).decode() for member in raw]
+            if not members:
+                return found, None
+            rows = await self._registrations([m.split(":", 1)[1] for m in members])
+            stale = []
+            for member, row in zip(members, rows, strict=True):
+                scanned += 1
+                last = member
+                if row is None:
+                    stale.append(member)
+                elif page.matches(row):
+                    found.append(row)
+                    if len(found) == page.limit:
+                        break
+            if stale:
+                async with translate_errors():
+                    await self.client.zrem(index, *stale)
+            if len(members) < chunk and len(found) < page.limit:
+                return found, None
+            if last is not None:
+                if page.newest_first:
+                    high = "(" + last
+                else:
+                    low = "(" + last
+        return found, last
+
+    async def _registrations(self, ids: list[str]) -> list[dict[str, str] | None]:
+        async with translate_errors(), self.client.pipeline(transaction=False) as pipe:
+            for registration_id in ids:
+                pipe.hgetall(self.keys.registration(registration_id))
+            rows = await pipe.execute()
+        return [_with_ids(i, decode(row)) for i, row in zip(ids, rows, strict=True)]
 
     async def tracker(self, tracker_id: str) -> dict[str, str] | None:
         """Return a tracker's fields, or None once it has ended."""
@@ -204,8 +348,15 @@ class Store:
                     keys.deliver_schedule,
                     keys.attempts(event_id),
                     keys.exhausted,
+                    keys.tenant(registration["tenant"]),
+                    keys.tenant_registrations(registration["tenant"]),
                 ],
-                args=[registration_id, tracker_id, event_id],
+                args=[
+                    registration_id,
+                    tracker_id,
+                    event_id,
+                    index_member(int(registration["created_at_ms"]), registration_id),
+                ],
             )
         return bool(removed)
 
@@ -267,9 +418,13 @@ class Store:
         polls: int,
         reason: str,
         events: list[TerminalEvent],
-        filtered_ids: list[str],
+        filtered: list[tuple[str, str]],
     ) -> int:
-        """End a tracker and create its events in one step; -1 if its set changed."""
+        """End a tracker and create its events in one step; -1 if its set changed.
+
+        ``filtered`` lists (registration ID, tenant) of registrations whose
+        event filter excludes ``event_type``.
+        """
         keys = self.keys
         script_keys = [
             keys.tracker(tracker_id),
@@ -285,13 +440,14 @@ class Store:
             reason,
             self.retention_s,
         ]
-        entries = [(e.registration_id, e.event_id, e.body) for e in events]
-        entries += [(registration_id, "", b"") for registration_id in filtered_ids]
+        entries = [(e.registration_id, e.event_id, e.body, e.tenant) for e in events]
+        entries += [(reg_id, "", b"", tenant) for reg_id, tenant in filtered]
         args.append(len(entries))
-        for registration_id, event_id, body in entries:
+        for registration_id, event_id, body, tenant in entries:
             script_keys += [
                 keys.registration(registration_id),
                 keys.event(event_id or event_id_for(registration_id)),
+                keys.tenant(tenant),
             ]
             args += [registration_id, event_id, body]
         async with translate_errors():
@@ -304,11 +460,12 @@ class Store:
         attempt: dict[str, Any],
         outcome: str,
         delay_s: float = 0.0,
+        tenant: str = "default",
     ) -> bool:
         """Store one delivery attempt and move the event on by ``outcome``."""
         async with translate_errors():
             changed = await self._event_record(
-                keys=self._event_keys(event_id, registration_id),
+                keys=self._event_keys(event_id, registration_id, tenant),
                 args=[
                     event_id,
                     json.dumps(attempt, separators=(",", ":")),
@@ -320,7 +477,9 @@ class Store:
             )
         return bool(changed)
 
-    def _event_keys(self, event_id: str, registration_id: str) -> list[str]:
+    def _event_keys(
+        self, event_id: str, registration_id: str, tenant: str
+    ) -> list[str]:
         """Return the keys the event scripts take, in their order."""
         keys = self.keys
         return [
@@ -329,14 +488,15 @@ class Store:
             keys.deliver_schedule,
             keys.attempts(event_id),
             keys.exhausted,
+            keys.tenant(tenant),
         ]
 
-    async def redeliver(self, registration_id: str) -> int:
+    async def redeliver(self, registration_id: str, tenant: str) -> int:
         """Queue a registration's event again; see ``lua.REDELIVER`` for results."""
         event_id = event_id_for(registration_id)
         async with translate_errors():
             result = await self._redeliver(
-                keys=self._event_keys(event_id, registration_id),
+                keys=self._event_keys(event_id, registration_id, tenant),
                 args=[event_id],
             )
         return int(result)

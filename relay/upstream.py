@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
-from relay.settings import Settings
+from relay.settings import Secret, Settings
 
 RUNNING_STATUSES = frozenset({"pending", "in_progress"})
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "expired"})
@@ -156,14 +156,14 @@ class ModelGatesClient:
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
         self._base_url = settings.modelgates_base_url
-        self._auth = {"authorization": f"Bearer {settings.modelgates_api_key.reveal()}"}
         self._client = client
 
-    async def poll(self, job_id: str) -> Outcome:
-        """Fetch one job's status; network failures come back as transient."""
+    async def poll(self, job_id: str, api_key: Secret) -> Outcome:
+        """Fetch one job's status with ``api_key``; network failures are transient."""
         url = video_url(self._base_url, job_id)
+        auth = {"authorization": f"Bearer {api_key.reveal()}"}
         try:
-            async with self._client.stream("GET", url, headers=self._auth) as response:
+            async with self._client.stream("GET", url, headers=auth) as response:
                 body = await _read_capped(response, MAX_BODY_BYTES)
         except httpx.TimeoutException:
             return Outcome("transient", reason="timed out")

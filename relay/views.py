@@ -69,6 +69,60 @@ class Registration(msgspec.Struct):
     reason: str | None = None
 
 
+class RegistrationSummary(msgspec.Struct):
+    """A registration as listed: read one by its ID for upstream and delivery."""
+
+    id: str
+    job_id: str
+    callback_url: str
+    events: list[str]
+    metadata: dict[str, Any]
+    state: str
+    created_at: str
+    updated_at: str
+    event_type: str | None = None
+    reason: str | None = None
+
+
+class RegistrationPage(msgspec.Struct):
+    """One page of registrations; pass ``next_cursor`` as ``cursor`` for more.
+
+    ``next_cursor`` is null once there are no more. A page may hold fewer
+    items than the limit when filters skip many; keep following the cursor.
+    """
+
+    data: list[RegistrationSummary]
+    next_cursor: str | None
+
+
+class Tenant(msgspec.Struct):
+    """The calling tenant; secrets and keys are never shown."""
+
+    name: str
+    active_registrations: int
+    own_modelgates_key: bool
+    previous_secret_valid_until: str | None = None
+
+
+class SigningSecretRotate(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``POST /v1/tenant/signing-secret``."""
+
+    grace_period_s: int = 86400
+
+
+class SigningSecret(msgspec.Struct):
+    """A new signing secret, shown this once."""
+
+    signing_secret: str
+    previous_secret_valid_until: str | None
+
+
+class ModelGatesKey(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``PUT /v1/tenant/modelgates-key``."""
+
+    api_key: str
+
+
 class AttemptList(msgspec.Struct):
     """The newest delivery attempts of one registration, newest first."""
 
@@ -108,9 +162,40 @@ def new_registration_view(
     )
 
 
-async def registration_view(store: Store, registration_id: str) -> Registration | None:
-    """Read a registration with its tracker or outcome; None if it does not exist."""
+def summary_view(row: dict[str, str]) -> RegistrationSummary:
+    """Map a stored registration to its listed shape."""
+    return RegistrationSummary(
+        id=row["id"],
+        job_id=row["job_id"],
+        callback_url=row["callback_url"],
+        events=decode_events(row["events"]),
+        metadata=json.loads(row["metadata"]),
+        state=row["state"],
+        created_at=rfc3339_ms(int(row["created_at_ms"])),
+        updated_at=rfc3339_ms(int(row["updated_at_ms"])),
+        event_type=row.get("event_type") or None,
+        reason=row.get("reason") or None,
+    )
+
+
+async def owned_registration(
+    store: Store, registration_id: str, tenant: str
+) -> dict[str, str] | None:
+    """Return a registration if ``tenant`` owns it; None otherwise.
+
+    Another tenant's registration looks exactly like a missing one.
+    """
     row = await store.registration(registration_id)
+    if row is None or row.get("tenant", "default") != tenant:
+        return None
+    return row
+
+
+async def registration_view(
+    store: Store, registration_id: str, tenant: str
+) -> Registration | None:
+    """Read a registration with its tracker or outcome; None if not the tenant's."""
+    row = await owned_registration(store, registration_id, tenant)
     if row is None:
         return None
     if row["state"] == "tracking":

@@ -23,6 +23,7 @@ import redis
 import migrations
 from relay import simulator
 from relay.api import create_app
+from relay.crypto import new_key_text
 from relay.keys import Keys
 from relay.redis_server import RedisServer
 from relay.settings import Settings
@@ -46,6 +47,9 @@ TEST_HOSTS = {
     "cgnat.example.com": ["100.64.0.1"],
 }
 MODELGATES_KEY = "mg-test-key-abc"
+# A second key the simulator accepts, for tenants with their own key.
+TENANT_MODELGATES_KEY = "mg-tenant-key-xyz"
+ENCRYPTION_KEYS = new_key_text("test1")
 SIGNING_SECRET = generate_secret()
 PREFIX = "relay:"
 
@@ -82,7 +86,8 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def simulator_url() -> Iterator[str]:
-    with serve_in_thread(simulator.create_app(MODELGATES_KEY)) as url:
+    app = simulator.create_app(MODELGATES_KEY, TENANT_MODELGATES_KEY)
+    with serve_in_thread(app) as url:
         yield url
 
 
@@ -104,6 +109,11 @@ class SimulatorAdmin:
         """Return how many polls the simulator served for ``job_id``."""
         return int(self.http.get(f"/_sim/jobs/{job_id}").json()["polls"])
 
+    def polls_by_key(self, job_id: str) -> dict[str, int]:
+        """Return accepted polls per key: "0" the relay-wide key, "1" the tenant's."""
+        summary = self.http.get(f"/_sim/jobs/{job_id}").json()
+        return dict(summary["polls_by_key"])
+
 
 @pytest.fixture
 def sim(simulator_url: str) -> Iterator[SimulatorAdmin]:
@@ -122,6 +132,7 @@ def env(redis_url: str, simulator_url: str) -> dict[str, str]:
         "RELAY_SIGNING_SECRET": SIGNING_SECRET,
         "MODELGATES_BASE_URL": simulator_url,
         "MODELGATES_API_KEY": MODELGATES_KEY,
+        "RELAY_ENCRYPTION_KEYS": ENCRYPTION_KEYS,
         "RELAY_CALLBACK_ALLOW_CIDRS": "127.0.0.0/8,::1/128",
         "RELAY_POLL_FIRST_DELAY_S": "0.05",
         "RELAY_POLL_MAX_INTERVAL_S": "0.3",

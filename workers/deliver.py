@@ -6,6 +6,7 @@ import asyncio
 import random
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,10 +14,12 @@ import httpx
 import structlog
 
 from relay import signing
+from relay.crypto import SealError
 from relay.safe_transport import BlockedAddressError
-from relay.settings import Settings
+from relay.settings import Secret, Settings
 from relay.store import Store
 from relay.upstream import parse_retry_after
+from workers.keychain import Keychain
 from workers.runtime import get_runtime
 
 log = structlog.get_logger(__name__)
@@ -24,6 +27,8 @@ log = structlog.get_logger(__name__)
 RESPONSE_EXCERPT_BYTES = 1024
 # An event whose host is saturated waits this long before it is tried again.
 SATURATED_DELAY_S = 1.0
+# An event whose tenant has no usable signing secret waits this long.
+SECRET_RETRY_S = 30.0
 # A host's queue may hold as many events as its slots can send within half
 # a lease, judged by how long its recent attempts took, and at most this many.
 MAX_QUEUED_PER_HOST = 2000
@@ -45,11 +50,16 @@ class Deliverer:
     """
 
     def __init__(
-        self, store: Store, http: httpx.AsyncClient, settings: Settings
+        self,
+        store: Store,
+        http: httpx.AsyncClient,
+        settings: Settings,
+        keychain: Keychain,
     ) -> None:
         self.store = store
         self.http = http
         self.settings = settings
+        self.keychain = keychain
         self.admitted: dict[str, int] = {}
         self.slots: dict[str, asyncio.Semaphore] = {}
         self.duration_s: dict[str, float] = {}
@@ -135,8 +145,22 @@ class Deliverer:
         slots: asyncio.Semaphore,
     ) -> str:
         url = row[b"callback_url"].decode()
+        tenant = row.get(b"tenant", b"default").decode()
+        try:
+            secrets = await self.keychain.signing_secrets(tenant, time.time())
+        except SealError as exc:
+            secrets = ()
+            log.error("webhook.secret_sealed", tenant=tenant, error=str(exc))
+        if not secrets:
+            # Without a secret nothing can be signed: wait for the operator's
+            # fix rather than spend the event's attempts.
+            log.error("webhook.no_signing_secret", event_id=event_id, tenant=tenant)
+            await self.store.defer_deliveries([event_id], SECRET_RETRY_S)
+            return "deferred"
         async with slots:
-            attempt = await send(self.http, self.settings, event_id, url, row[b"body"])
+            attempt = await send(
+                self.http, self.settings, event_id, url, row[b"body"], secrets
+            )
         self._learn(host, attempt["duration_ms"] / 1000)
         attempt["attempt"] = int(row[b"attempts"]) + 1
         attempt["round"] = int(row.get(b"redeliveries", b"0")) + 1
@@ -157,7 +181,12 @@ def deliver_batch(event_ids: list[str]) -> None:
 
 
 async def send(
-    http: httpx.AsyncClient, settings: Settings, event_id: str, url: str, body: bytes
+    http: httpx.AsyncClient,
+    settings: Settings,
+    event_id: str,
+    url: str,
+    body: bytes,
+    secrets: Sequence[Secret],
 ) -> dict[str, Any]:
     """POST one signed attempt and return its record; HTTP errors become records.
 
@@ -166,7 +195,6 @@ async def send(
     started = time.perf_counter()
     attempt: dict[str, Any] = {"at_ms": int(time.time() * 1000), "status_code": None}
     timestamp_s = int(time.time())
-    secrets = settings.active_signing_secrets(timestamp_s)
     headers = signing.headers(secrets, event_id, timestamp_s, body)
     try:
         async with asyncio.timeout(settings.delivery_timeout_s):
@@ -222,8 +250,9 @@ async def _record(
 
     # Only a pending event changes, so a repeated attempt is neither counted
     # nor logged twice: an exhausted event logs one ERROR line.
+    tenant = row.get(b"tenant", b"default").decode()
     if not await store.record_attempt(
-        event_id, registration_id, attempt, outcome, delay_s
+        event_id, registration_id, attempt, outcome, delay_s, tenant
     ):
         return "stale"
     status_class = f"{status_code // 100}xx" if status_code else "none"

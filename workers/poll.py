@@ -12,8 +12,9 @@ from typing import Any
 import structlog
 
 from relay import events
+from relay.crypto import SealError
 from relay.registrations import decode_events, event_id_for
-from relay.settings import Settings
+from relay.settings import Secret, Settings
 from relay.store import Store, TerminalEvent, TrackerUpdate
 from relay.upstream import Outcome
 from workers.runtime import Poller, get_runtime
@@ -78,6 +79,14 @@ async def _poll_within_budget(
     now_ms: int,
 ) -> Counter[str]:
     """Poll one key's trackers as its token bucket allows; defer the rest."""
+    try:
+        api_key = await poller.keychain.modelgates_key(cred)
+    except SealError as exc:
+        # The operator's encryption keys do not open this key: an outage of
+        # configuration, not of the job, so the polls wait rather than fail.
+        log.error("poll.key_sealed", cred=cred, error=str(exc))
+        await poller.store.defer_polls([tracker_id for tracker_id, _ in items], 30)
+        return Counter(deferred=len(items))
     updates: list[TrackerUpdate] = []
     deadline = time.monotonic() + min(BUDGET_WAIT_S, poller.settings.lease_s / 4)
     tasks: list[tuple[str, asyncio.Task[str]]] = []
@@ -85,7 +94,7 @@ async def _poll_within_budget(
     while waiting:
         granted, wait_s = await poller.limiter.acquire(cred, len(waiting))
         for tracker_id, tracker in waiting[:granted]:
-            polling = _poll_one(poller, tracker_id, tracker, updates, now_ms)
+            polling = _poll_one(poller, tracker_id, tracker, updates, now_ms, api_key)
             task = asyncio.create_task(polling)
             tasks.append((tracker_id, task))
         waiting = waiting[granted:]
@@ -118,6 +127,7 @@ async def _poll_one(
     tracker: dict[str, str] | None,
     updates: list[TrackerUpdate],
     now_ms: int,
+    api_key: Secret | None,
 ) -> str:
     """Poll one tracker; ``now_ms`` is Redis's clock when the batch began."""
     store = poller.store
@@ -137,8 +147,14 @@ async def _poll_one(
             store, tracker_id, tracker, events.TRACKING_FAILED, reason, polls - 1
         )
         return "deadline"
+    if api_key is None:
+        reason = "the ModelGates key this job was registered with is not stored"
+        await finish(
+            store, tracker_id, tracker, events.TRACKING_FAILED, reason, polls - 1
+        )
+        return "no_key"
 
-    outcome = await poller.modelgates.poll(job_id)
+    outcome = await poller.modelgates.poll(job_id, api_key)
     log.debug(
         "poll.finished",
         job_id=job_id,
@@ -233,13 +249,17 @@ async def finish(
         filtered = []
         for registration in registrations:
             if event_type not in decode_events(registration["events"]):
-                filtered.append(registration["id"])
+                filtered.append((registration["id"], registration["tenant"]))
                 continue
             body = events.build_body(
                 event_type, registration, snapshot, polls, reason, detected_at_ms
             )
             event_id = event_id_for(registration["id"])
-            terminal_events.append(TerminalEvent(registration["id"], event_id, body))
+            terminal_events.append(
+                TerminalEvent(
+                    registration["id"], event_id, body, registration["tenant"]
+                )
+            )
 
         created = await store.finish_tracker(
             tracker_id,

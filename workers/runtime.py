@@ -25,7 +25,9 @@ from relay.ratelimit import RateLimiter
 from relay.safe_transport import build_safe_client
 from relay.settings import Settings
 from relay.store import Store
+from relay.tenants import Tenants
 from relay.upstream import ModelGatesClient
+from workers.keychain import Keychain
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -48,6 +50,7 @@ class Poller:
     modelgates: ModelGatesClient
     limiter: RateLimiter
     settings: Settings
+    keychain: Keychain
 
 
 def build_upstream_client(settings: Settings) -> httpx.AsyncClient:
@@ -101,12 +104,17 @@ class Runtime:
         )
         self.redis = aioredis.Redis(connection_pool=pool)
         self.store = Store(self.redis, settings.key_prefix, settings.retention_s)
+        self.keychain = Keychain(
+            Tenants(self.redis, self.store.keys, settings.encryption_keys), settings
+        )
         self.upstream_http = build_upstream_client(settings)
         self.webhook_http = build_webhook_client(settings)
         # Imported here: workers.deliver imports this module for its RQ job.
         from workers.deliver import Deliverer
 
-        self.deliverer = Deliverer(self.store, self.webhook_http, settings)
+        self.deliverer = Deliverer(
+            self.store, self.webhook_http, settings, self.keychain
+        )
         self.poller = Poller(
             store=self.store,
             modelgates=ModelGatesClient(settings, self.upstream_http),
@@ -114,6 +122,7 @@ class Runtime:
                 self.redis, self.store.keys, settings.upstream_rate_per_s
             ),
             settings=settings,
+            keychain=self.keychain,
         )
 
     def hand_off(self, coroutine: Coroutine[Any, Any, object], batch: str) -> None:

@@ -32,10 +32,13 @@ REDIS_FREE = {("get", "/healthz")}
 # Responses whose errors are not problems: /readyz reports why it is not
 # ready in its own JSON body.
 NON_PROBLEM_ERRORS = {("get", "/readyz", "503")}
-# Conflicts cannot be derived from an operation's shape, so they are listed.
-CONFLICTS = {
-    ("post", "/v1/registrations"),
-    ("post", "/v1/registrations/{registration_id}/redeliver"),
+# Errors that cannot be derived from an operation's shape, listed by hand.
+EXTRA_PROBLEMS = {
+    ("post", "/v1/registrations"): {"403", "409", "415", "422", "429"},
+    ("post", "/v1/registrations/{registration_id}/redeliver"): {"409"},
+    ("post", "/v1/tenant/signing-secret"): {"409"},
+    ("put", "/v1/tenant/modelgates-key"): {"409"},
+    ("delete", "/v1/tenant/modelgates-key"): {"409"},
 }
 
 Operation = tuple[str, str, dict[str, Any]]
@@ -76,12 +79,8 @@ def required_problems(
     if any(param["in"] == "path" for param in params):
         statuses.add("404")
     if "requestBody" in operation:
-        statuses |= {"413", "415", "422"}
-    if method == "post":
-        statuses.add("429")
-    if (method, path) in CONFLICTS:
-        statuses.add("409")
-    return statuses
+        statuses.add("413")
+    return statuses | EXTRA_PROBLEMS.get((method, path), set())
 
 
 def test_openapi_lists_every_route(

@@ -19,6 +19,7 @@ import redis
 
 from relay.api import create_app
 from relay.errors import SettingsError
+from relay.keys import SCHEMA_VERSION
 from relay.settings import Settings
 from tests.conftest import (
     API_TOKEN,
@@ -65,13 +66,16 @@ def assert_problem(
 
 
 def assert_nothing_stored(redis_client: redis.Redis) -> None:
-    """Assert that only the schema version and fleet counters are in Redis."""
+    """Assert that no registration is stored: only the schema version, fleet
+    counters, the token's rate bucket and the tenant's count, at zero."""
+    kept = (f"{PREFIX}stats:", f"{PREFIX}ratelimit:apikey:")
     stored = {
         key
         for key in redis_client.keys(f"{PREFIX}*")
-        if not key.startswith(f"{PREFIX}stats:".encode())
+        if not key.decode().startswith(kept)
     }
-    assert stored == {f"{PREFIX}schema".encode()}
+    assert stored <= {f"{PREFIX}schema".encode(), f"{PREFIX}tenant:default".encode()}
+    assert int(redis_client.hget(f"{PREFIX}tenant:default", "active") or 0) == 0
 
 
 def unused_port() -> int:
@@ -615,7 +619,7 @@ def test_readyz_reports_schema_version(shared_api: httpx.Client) -> None:
     response = shared_api.get("/readyz")
 
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "schema": 1}
+    assert response.json() == {"status": "ok", "schema": SCHEMA_VERSION}
 
 
 def test_readyz_fails_without_schema(
@@ -667,11 +671,19 @@ def test_readyz_without_redis_returns_503(api_without_redis: httpx.Client) -> No
     assert "Traceback" not in response.text
 
 
-def test_empty_token_setting_stops_app(start_api: ApiFactory) -> None:
+def test_short_token_setting_stops_app(start_api: ApiFactory) -> None:
     with pytest.raises(SettingsError) as raised:
-        start_api(RELAY_API_TOKEN="")
+        start_api(RELAY_API_TOKEN="too-short")
 
     assert "RELAY_API_TOKEN" in str(raised.value)
+
+
+def test_without_token_setting_only_api_keys_pass(start_api: ApiFactory) -> None:
+    client = start_api(RELAY_API_TOKEN="")
+
+    for header in ("Bearer", "Basic abc", f"Bearer {API_TOKEN}"):
+        response = client.get(REGISTRATIONS, headers={"authorization": header})
+        assert_problem(response, 401, "API key")
 
 
 def test_metrics_count_fleet_outcomes(api: httpx.Client) -> None:

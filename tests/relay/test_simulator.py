@@ -478,6 +478,7 @@ def test_admin_put_sets_script(client: httpx.Client) -> None:
         "polls": 0,
         "step": 0,
         "status_codes": [],
+        "polls_by_key": {},
     }
     statuses = [poll(client, "job-1").json()["status"] for _ in range(3)]
     assert statuses == ["pending", "pending", "failed"]
@@ -535,6 +536,7 @@ def test_admin_get_reports_polls(client: httpx.Client) -> None:
         "polls": 4,
         "step": 2,
         "status_codes": [500, 429, 200, 200],
+        "polls_by_key": {"0": 4},
     }
 
 

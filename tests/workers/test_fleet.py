@@ -12,14 +12,17 @@ import redis
 import redis.asyncio as aioredis
 
 from relay import lua
+from relay.crypto import Keyring
 from relay.keys import Keys, credential_id
 from relay.ratelimit import RateLimiter
 from relay.settings import Settings
 from relay.store import Store
+from relay.tenants import Tenants
 from relay.upstream import ModelGatesClient
 from tests.conftest import MODELGATES_KEY, PREFIX, SimulatorAdmin, WorkerFactory
 from tests.receivers import WebhookReceiver
 from tests.workers.test_poll import register, wait_for_polls
+from workers.keychain import Keychain
 from workers.poll import poll_trackers
 from workers.runtime import Poller, build_upstream_client
 
@@ -87,6 +90,7 @@ def test_concurrent_polls_emit_one_event(
             modelgates=ModelGatesClient(settings, http),
             limiter=RateLimiter(client, Keys(PREFIX), 0),
             settings=settings,
+            keychain=Keychain(Tenants(client, Keys(PREFIX), Keyring()), settings),
         )
         ids = [tracker_id(job_id) for job_id in jobs]
         await asyncio.gather(*(poll_trackers(poller, ids) for _ in range(3)))

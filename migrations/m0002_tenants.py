@@ -1,0 +1,55 @@
+"""Version 2: tenants, and an index of each tenant's registrations.
+
+Registrations written by version 1 all belong to the tenant ``default``. This
+step adds each one to ``idx:regs:default`` and sets that tenant's count of
+active registrations (tracking or delivering), which the API's cap reads.
+It can run again after an interruption: the index and the count are rebuilt
+from the registrations themselves.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from relay.keys import Keys
+from relay.store import index_member
+from relay.tenants import DEFAULT_TENANT
+
+BATCH = 500
+ACTIVE_STATES = (b"tracking", b"delivering")
+
+
+def apply(client: redis.Redis, keys: Keys) -> None:
+    """Index the existing registrations and count the active ones."""
+    active = 0
+    pattern = keys.registration("*")
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=pattern, count=1000):
+        batch.append(key)
+        if len(batch) >= BATCH:
+            active += _index(client, keys, batch)
+            batch = []
+    if batch:
+        active += _index(client, keys, batch)
+    if active or client.exists(keys.tenant(DEFAULT_TENANT)):
+        client.hset(keys.tenant(DEFAULT_TENANT), "active", active)
+
+
+def _index(client: redis.Redis, keys: Keys, batch: list[bytes]) -> int:
+    prefix = keys.registration("")
+    with client.pipeline(transaction=False) as pipe:
+        for key in batch:
+            pipe.hmget(key, ["created_at_ms", "state", "tenant"])
+        rows = pipe.execute()
+    active = 0
+    with client.pipeline(transaction=False) as pipe:
+        for key, (created_at_ms, state, tenant) in zip(batch, rows, strict=True):
+            if created_at_ms is None:
+                continue
+            registration_id = key.decode().removeprefix(prefix)
+            member = index_member(int(created_at_ms), registration_id)
+            name = tenant.decode() if tenant else DEFAULT_TENANT
+            pipe.zadd(keys.tenant_registrations(name), {member: 0})
+            active += state in ACTIVE_STATES
+        pipe.execute()
+    return active
