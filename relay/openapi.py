@@ -130,7 +130,7 @@ class StrictStructSchemaPlugin(OpenAPISchemaPlugin):
     """Document a struct that rejects unknown fields with additionalProperties false.
 
     msgspec rejects unknown fields of a struct declared with
-    ``forbid_unknown_fields=True``, and the API answers 400. Litestar's own
+    ``forbid_unknown_fields=True``, and the API returns 400. Litestar's own
     struct schema leaves that out, so this plugin lets Litestar's next plugin
     build the schema and then adds it.
     """
@@ -233,7 +233,9 @@ def openapi_config() -> OpenAPIConfig:
     bearer = SecurityScheme(
         type="http",
         scheme="bearer",
-        description="The API token, sent as `Authorization: Bearer <token>`.",
+        description="A tenant's API key from `relay keys create`, or "
+        "RELAY_API_TOKEN for the tenant `default`, sent as "
+        "`Authorization: Bearer <key>`.",
     )
     return OpenAPIConfig(
         title="modelgates-relay",
