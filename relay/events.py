@@ -1,4 +1,4 @@
-"""Webhook bodies: built once per registration when its job ends, then stored."""
+"""Webhook bodies: built once per registration and event, then stored."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ EVENT_FOR_STATUS = {
     "expired": "video.expired",
 }
 TRACKING_FAILED = "video.tracking_failed"
+STATUS_CHANGED = "video.status_changed"
 
 
 def rfc3339_ms(epoch_ms: int) -> str:
@@ -47,6 +48,8 @@ def build_body(
     }
     if event_type == TRACKING_FAILED:
         data["reason"] = reason
+    if event_type == STATUS_CHANGED:
+        data["previous_status"] = "pending"
     document = {
         "type": event_type,
         "timestamp": rfc3339_ms(detected_at_ms),

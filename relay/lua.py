@@ -14,8 +14,8 @@ local now_ms = math.floor(now * 1000)
 # KEYS: dedupe, registration, tracker, tracker registrations, poll schedule,
 #       schema, registration counters, tenant, tenant index, key rate bucket
 # ARGV: registration ID, tracker ID, first delay s, deadline s, schema version,
-#       rate per s (0 = no limit), burst, active cap (0 = no cap), then
-#       field pairs
+#       rate per s (0 = no limit), burst, active cap (0 = no cap), '1' when
+#       the registration wants video.status_changed, then field pairs
 # Returns {1, new ID, now ms}, {0, existing ID, now ms}, {-1, '', now ms}
 # when the keyspace is not at the expected schema version (say, after Redis
 # restarted empty), so nothing is written that no worker would process,
@@ -58,7 +58,7 @@ redis.call('HINCRBY', KEYS[7], 'created', 1)
 redis.call('HINCRBY', KEYS[8], 'active', 1)
 redis.call('SET', KEYS[1], ARGV[1])
 local fields = {'created_at_ms', now_ms, 'updated_at_ms', now_ms}
-for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('ZADD', KEYS[9], 0, string.format('%013d:%s', now_ms, ARGV[1]))
 if redis.call('EXISTS', KEYS[3]) == 0 then
@@ -67,6 +67,7 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
     'deadline_ms', now_ms + math.floor(tonumber(ARGV[4]) * 1000))
   redis.call('ZADD', KEYS[5], now + tonumber(ARGV[3]), ARGV[2])
 end
+if ARGV[9] == '1' then redis.call('HSET', KEYS[3], 'wants_status', 1) end
 redis.call('SADD', KEYS[4], ARGV[1])
 return {1, ARGV[1], now_ms}
 """
@@ -164,6 +165,39 @@ return created
 """
 )
 
+# KEYS: tracker, deliver schedule, then for each registration: its key and
+#       its status event's key
+# ARGV: status, n, then for each registration: ID, event ID, body
+# Creates the video.status_changed events of one status at most once per
+# tracker: the tracker's 'notified_{status}' field guards it. Only
+# registrations still tracking get one. Returns the number created.
+TRACKER_PROGRESS = (
+    _NOW
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[1], 'notified_' .. ARGV[1], now_ms) == 0 then
+  return 0
+end
+local created = 0
+for i = 0, tonumber(ARGV[2]) - 1 do
+  local reg_key = KEYS[3 + i * 2]
+  local event_key = KEYS[4 + i * 2]
+  if redis.call('HGET', reg_key, 'state') == 'tracking' then
+    redis.call('HSET', event_key, 'id', ARGV[4 + i * 3],
+      'registration_id', ARGV[3 + i * 3],
+      'callback_url', redis.call('HGET', reg_key, 'callback_url'),
+      'tenant', redis.call('HGET', reg_key, 'tenant') or 'default',
+      'kind', 'progress', 'type', 'video.status_changed',
+      'body', ARGV[5 + i * 3], 'attempts', 0, 'state', 'pending',
+      'created_at_ms', now_ms)
+    redis.call('ZADD', KEYS[2], now, ARGV[4 + i * 3])
+    created = created + 1
+  end
+end
+return created
+"""
+)
+
 # KEYS: event, registration, deliver schedule, attempts, exhausted index,
 #       tenant
 # ARGV: event ID, attempt JSON, outcome (delivered|retry|exhausted|gone),
@@ -191,6 +225,15 @@ if outcome == 'retry' then
 end
 redis.call('HSET', KEYS[1], 'state', outcome, 'finished_at_ms', now_ms)
 redis.call('ZREM', KEYS[3], ARGV[1])
+local terminal = redis.call('HGET', KEYS[1], 'kind') ~= 'progress'
+local retention = tonumber(ARGV[6])
+if not terminal then
+  -- A status event leaves the registration alone and is kept only for
+  -- the retention period, whatever its outcome.
+  redis.call('EXPIRE', KEYS[1], retention)
+  redis.call('EXPIRE', KEYS[4], retention)
+  return 1
+end
 if outcome == 'exhausted' then redis.call('SADD', KEYS[5], ARGV[1]) end
 local reg_state = redis.call('HGET', KEYS[2], 'state')
 if reg_state then
@@ -198,7 +241,6 @@ if reg_state then
   redis.call('HSET', KEYS[2], 'state', outcome, 'updated_at_ms', now_ms)
 end
 if outcome ~= 'exhausted' then
-  local retention = tonumber(ARGV[6])
   local dedupe_key = redis.call('HGET', KEYS[1], 'dedupe_key')
   for i = 1, 4 do
     if i ~= 3 then redis.call('EXPIRE', KEYS[i], retention) end
@@ -211,8 +253,9 @@ return 1
 
 # KEYS: dedupe, registration, tracker, tracker registrations, poll schedule,
 #       event, deliver schedule, attempts, exhausted index, tenant,
-#       tenant index
-# ARGV: registration ID, tracker ID, event ID, tenant index member
+#       tenant index, status event, status event attempts
+# ARGV: registration ID, tracker ID, event ID, tenant index member, status
+#       event ID
 # Removes a registration and its event; its tracker goes too when no
 # registration is left.
 DELETE = """
@@ -221,8 +264,8 @@ if not state then return 0 end
 if state == 'tracking' or state == 'delivering' then
   redis.call('HINCRBY', KEYS[10], 'active', -1)
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[6], KEYS[8])
-redis.call('ZREM', KEYS[7], ARGV[3])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[6], KEYS[8], KEYS[12], KEYS[13])
+redis.call('ZREM', KEYS[7], ARGV[3], ARGV[5])
 redis.call('SREM', KEYS[9], ARGV[3])
 redis.call('ZREM', KEYS[11], ARGV[4])
 redis.call('SREM', KEYS[4], ARGV[1])

@@ -16,13 +16,17 @@ from relay import url_safety
 from relay.safe_transport import Resolver
 from relay.settings import Settings
 
-EVENT_TYPES = (
+TERMINAL_EVENT_TYPES = (
     "video.completed",
     "video.failed",
     "video.cancelled",
     "video.expired",
     "video.tracking_failed",
 )
+# Sent once when the upstream job first reports in_progress, to registrations
+# that list it; never part of the default filter.
+STATUS_CHANGED = "video.status_changed"
+EVENT_TYPES = (*TERMINAL_EVENT_TYPES, STATUS_CHANGED)
 MAX_JOB_ID_CHARS = 256
 MAX_CALLBACK_URL_CHARS = 2048
 MAX_METADATA_DEPTH = 32
@@ -61,8 +65,13 @@ def new_registration_id() -> str:
 
 
 def event_id_for(registration_id: str) -> str:
-    """Return the one event ID (the ``webhook-id``) of a registration."""
+    """Return the ID (the ``webhook-id``) of a registration's terminal event."""
     return "msg_" + registration_id.removeprefix("reg_")
+
+
+def status_event_id_for(registration_id: str, status: str) -> str:
+    """Return the ID of a registration's ``video.status_changed`` event."""
+    return f"{event_id_for(registration_id)}_{status}"
 
 
 def validate(
@@ -82,17 +91,28 @@ def validate(
 
 
 def encode_events(events: tuple[str, ...]) -> str:
-    """Return the compact stored form of an event filter: ``*`` for all events."""
-    if set(events) == set(EVENT_TYPES):
-        return "*"
+    """Return the compact stored form of an event filter.
+
+    ``*`` stands for every terminal event, so the common filters stay short
+    enough for Redis's compact hash encoding.
+    """
+    if set(TERMINAL_EVENT_TYPES) <= set(events):
+        rest = [name for name in events if name not in TERMINAL_EVENT_TYPES]
+        return ",".join(["*", *rest])
     return ",".join(events)
 
 
 def decode_events(stored: str) -> list[str]:
     """Return the event filter that ``encode_events`` stored."""
-    if stored == "*":
-        return list(EVENT_TYPES)
-    return stored.split(",")
+    names: list[str] = []
+    for name in stored.split(","):
+        names += TERMINAL_EVENT_TYPES if name == "*" else [name]
+    return names
+
+
+def wants_status_changes(events: tuple[str, ...]) -> bool:
+    """Return whether a filter subscribes to ``video.status_changed``."""
+    return STATUS_CHANGED in events
 
 
 def check_job_id(job_id: str) -> str:
@@ -253,9 +273,9 @@ def normalize_url(url: str) -> str:
 
 
 def check_events(events: list[str] | None) -> tuple[str, ...]:
-    """Return the event filter, every event when none is given."""
+    """Return the event filter; every terminal event when none is given."""
     if events is None:
-        return EVENT_TYPES
+        return TERMINAL_EVENT_TYPES
     if not events:
         raise InputError(
             "events", "events must list at least one event, or be left out for all"

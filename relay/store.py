@@ -20,7 +20,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from relay import keys as keyspace
 from relay import lua
 from relay.errors import SchemaError, StoreUnavailableError
-from relay.registrations import NewRegistration, encode_events, event_id_for
+from relay.registrations import (
+    NewRegistration,
+    encode_events,
+    event_id_for,
+    status_event_id_for,
+    wants_status_changes,
+)
 
 
 @dataclass(frozen=True)
@@ -109,8 +115,8 @@ def _bound_key(bound: str) -> tuple[int, str]:
 
 
 @dataclass(frozen=True)
-class TerminalEvent:
-    """The event one registration receives when its tracker ends."""
+class NewEvent:
+    """One event for one registration, with its body serialized once."""
 
     registration_id: str
     event_id: str
@@ -147,6 +153,7 @@ class Store:
         self._tracker_update = client.register_script(lua.TRACKER_UPDATE)
         self._tracker_finish = client.register_script(lua.TRACKER_FINISH)
         self._event_record = client.register_script(lua.EVENT_RECORD)
+        self._tracker_progress = client.register_script(lua.TRACKER_PROGRESS)
         self._delete = client.register_script(lua.DELETE)
         self._defer = client.register_script(lua.DEFER)
         self._redeliver = client.register_script(lua.REDELIVER)
@@ -188,6 +195,7 @@ class Store:
             limits.rate_per_s if key_id else 0,
             limits.burst,
             limits.max_active,
+            "1" if wants_status_changes(request.events) else "0",
         ]
         for name, value in fields.items():
             args += [name, value]
@@ -333,6 +341,7 @@ class Store:
         registration_id = registration["id"]
         tracker_id = registration["tracker_id"]
         event_id = event_id_for(registration_id)
+        status_event_id = status_event_id_for(registration_id, "in_progress")
         digest = keyspace.dedupe_digest(
             registration["tenant"], registration["job_id"], registration["callback_url"]
         )
@@ -350,12 +359,15 @@ class Store:
                     keys.exhausted,
                     keys.tenant(registration["tenant"]),
                     keys.tenant_registrations(registration["tenant"]),
+                    keys.event(status_event_id),
+                    keys.attempts(status_event_id),
                 ],
                 args=[
                     registration_id,
                     tracker_id,
                     event_id,
                     index_member(int(registration["created_at_ms"]), registration_id),
+                    status_event_id,
                 ],
             )
         return bool(removed)
@@ -417,7 +429,7 @@ class Store:
         snapshot_json: str,
         polls: int,
         reason: str,
-        events: list[TerminalEvent],
+        events: list[NewEvent],
         filtered: list[tuple[str, str]],
     ) -> int:
         """End a tracker and create its events in one step; -1 if its set changed.
@@ -452,6 +464,22 @@ class Store:
             args += [registration_id, event_id, body]
         async with translate_errors():
             return int(await self._tracker_finish(keys=script_keys, args=args))
+
+    async def notify_status(
+        self, tracker_id: str, status: str, events: list[NewEvent]
+    ) -> int:
+        """Create status events once per tracker and status; return how many."""
+        keys = self.keys
+        script_keys = [keys.tracker(tracker_id), keys.deliver_schedule]
+        args: list[Any] = [status, len(events)]
+        for event in events:
+            script_keys += [
+                keys.registration(event.registration_id),
+                keys.event(event.event_id),
+            ]
+            args += [event.registration_id, event.event_id, event.body]
+        async with translate_errors():
+            return int(await self._tracker_progress(keys=script_keys, args=args))
 
     async def record_attempt(
         self,

@@ -13,9 +13,14 @@ import structlog
 
 from relay import events
 from relay.crypto import SealError
-from relay.registrations import decode_events, event_id_for
+from relay.registrations import (
+    STATUS_CHANGED,
+    decode_events,
+    event_id_for,
+    status_event_id_for,
+)
 from relay.settings import Secret, Settings
-from relay.store import Store, TerminalEvent, TrackerUpdate
+from relay.store import NewEvent, Store, TrackerUpdate
 from relay.upstream import Outcome
 from workers.runtime import Poller, get_runtime
 
@@ -198,6 +203,15 @@ async def _continue(
             "snapshot": json.dumps(outcome.snapshot),
             "last_error": "",
         }
+        status = outcome.snapshot.get("status")
+        if (
+            status == "in_progress"
+            and tracker.get("wants_status")
+            and not tracker.get(f"notified_{status}")
+        ):
+            await notify_status(
+                poller.store, tracker_id, status, outcome.snapshot, polls
+            )
     elif outcome.kind == "transient":
         if outcome.retry_after_s is not None:
             delay_s = max(outcome.retry_after_s, delay_s)
@@ -228,6 +242,43 @@ async def _continue(
     return outcome.kind
 
 
+async def notify_status(
+    store: Store,
+    tracker_id: str,
+    status: str,
+    snapshot: dict[str, Any],
+    polls: int,
+) -> None:
+    """Send ``video.status_changed`` to the registrations that asked for it.
+
+    The script creates the events at most once per tracker and status, so a
+    repeated or racing poll sends nothing twice.
+    """
+    detected_at_ms = await store.now_ms()
+    status_events = []
+    for registration in await store.tracker_registrations(tracker_id):
+        if registration["state"] != "tracking":
+            continue
+        if STATUS_CHANGED not in decode_events(registration["events"]):
+            continue
+        body = events.build_body(
+            STATUS_CHANGED, registration, snapshot, polls, "", detected_at_ms
+        )
+        event_id = status_event_id_for(registration["id"], status)
+        status_events.append(
+            NewEvent(registration["id"], event_id, body, registration["tenant"])
+        )
+    created = await store.notify_status(tracker_id, status, status_events)
+    if created:
+        await store.count("events", {STATUS_CHANGED: created})
+    log.info(
+        "tracker.status_changed",
+        job_id=tracker_id.split(":", 1)[1],
+        status=status,
+        events=created,
+    )
+
+
 async def finish(
     store: Store,
     tracker_id: str,
@@ -256,9 +307,7 @@ async def finish(
             )
             event_id = event_id_for(registration["id"])
             terminal_events.append(
-                TerminalEvent(
-                    registration["id"], event_id, body, registration["tenant"]
-                )
+                NewEvent(registration["id"], event_id, body, registration["tenant"])
             )
 
         created = await store.finish_tracker(

@@ -58,3 +58,49 @@ def test_outcome_delivers_one_webhook(
 
     view = wait_for_state(api, registration_id, "delivered")
     assert view["delivery"]["event_type"] == event_type
+
+
+def test_status_changed_is_sent_once_to_registrations_that_ask(
+    api: httpx.Client,
+    worker: object,
+    sim: SimulatorAdmin,
+    receiver: WebhookReceiver,
+) -> None:
+    job_id = sim.job("pending*2", "in_progress*4", "completed")
+    wanted = api.post(
+        "/v1/registrations",
+        json={
+            "job_id": job_id,
+            "callback_url": receiver.url("/wants"),
+            "events": ["video.status_changed", "video.completed"],
+            "metadata": {"order": 8},
+        },
+    )
+    default = api.post(
+        "/v1/registrations",
+        json={"job_id": job_id, "callback_url": receiver.url("/default")},
+    )
+    assert wanted.status_code == 201, wanted.text
+    assert default.status_code == 201, default.text
+    assert wanted.json()["events"] == ["video.status_changed", "video.completed"]
+
+    deliveries = receiver.wait_for(3, timeout_s=20)
+    wait_for_state(api, wanted.json()["id"], "delivered")
+    wait_for_state(api, default.json()["id"], "delivered")
+
+    by_path: dict[str, list[str]] = {}
+    for delivery in receiver.verified():
+        assert delivery.payload is not None
+        by_path.setdefault(delivery.path, []).append(delivery.payload["type"])
+    # Each event is retried on its own, so arrival order is not promised.
+    assert sorted(by_path["/wants"]) == ["video.completed", "video.status_changed"]
+    assert by_path["/default"] == ["video.completed"]
+    [status_change] = [
+        d for d in deliveries if d.payload and d.payload["type"].endswith("changed")
+    ]
+    assert status_change.payload is not None
+    assert status_change.payload["data"]["status"] == "in_progress"
+    assert status_change.payload["data"]["previous_status"] == "pending"
+    assert status_change.payload["data"]["metadata"] == {"order": 8}
+    webhook_ids = {d.headers["webhook-id"] for d in receiver.verified()}
+    assert len(webhook_ids) == 3

@@ -10,11 +10,14 @@ import pytest
 
 from relay.registrations import (
     EVENT_TYPES,
+    TERMINAL_EVENT_TYPES,
     InputError,
     check_callback_url,
     check_events,
     check_job_id,
     check_metadata,
+    decode_events,
+    encode_events,
     event_id_for,
     new_registration_id,
     normalize_url,
@@ -203,9 +206,32 @@ def test_check_callback_url_rejects_port_zero() -> None:
 # check_events
 
 
-def test_check_events_defaults_to_all() -> None:
-    assert check_events(None) == EVENT_TYPES
-    assert len(EVENT_TYPES) == 5
+def test_check_events_defaults_to_terminal_events() -> None:
+    assert check_events(None) == TERMINAL_EVENT_TYPES
+    assert "video.status_changed" not in TERMINAL_EVENT_TYPES
+    assert len(EVENT_TYPES) == 6
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        TERMINAL_EVENT_TYPES,
+        EVENT_TYPES,
+        ("video.failed",),
+        ("video.status_changed", "video.completed"),
+        ("video.status_changed",),
+    ],
+)
+def test_event_filter_round_trips(events: tuple[str, ...]) -> None:
+    stored = encode_events(events)
+
+    assert set(decode_events(stored)) == set(events)
+
+
+def test_common_event_filters_are_stored_short() -> None:
+    # Values under 64 bytes keep the registration hash in the compact encoding.
+    assert encode_events(TERMINAL_EVENT_TYPES) == "*"
+    assert encode_events(EVENT_TYPES) == "*,video.status_changed"
 
 
 def test_check_events_drops_duplicates() -> None:
