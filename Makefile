@@ -22,13 +22,14 @@ install: $(VENV)/.installed
 run: install
 	$(RUN)/relay dev
 
-# The Node.js signature test needs the standardwebhooks npm package; without
-# npm that one test is skipped and says why.
+# The Node.js signature test needs the standardwebhooks npm package, and the
+# TypeScript client example needs typescript. Without npm those tests are
+# skipped and say why.
 node-deps:
 	@if command -v npm >/dev/null 2>&1; then \
 		npm ci --prefix tests/node --no-audit --no-fund --silent; \
 	else \
-		echo "npm not found: the Node.js signature test will be skipped"; \
+		echo "npm not found: the Node.js tests will be skipped"; \
 	fi
 
 test: install node-deps
@@ -58,4 +59,4 @@ bench-quick: install
 	$(RUN)/python -m bench --quick
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .hypothesis

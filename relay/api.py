@@ -26,8 +26,6 @@ from litestar.exceptions import (
     NotFoundException,
 )
 from litestar.handlers.base import BaseRouteHandler
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import (
     HTTP_200_OK,
@@ -39,7 +37,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay import keys as keyspace
 from relay import metrics as relay_metrics
-from relay import problems, views
+from relay import openapi, problems, views
 from relay.auth import Authenticator, Caller
 from relay.errors import StoreUnavailableError
 from relay.events import rfc3339_ms
@@ -124,9 +122,15 @@ def _not_found(registration_id: str) -> NotFoundException:
     )
 
 
-@post("/registrations", before_request=require_json, status_code=HTTP_201_CREATED)
+@post(
+    "/registrations",
+    before_request=require_json,
+    status_code=HTTP_201_CREATED,
+    responses=openapi.problems(400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
+    | {200: openapi.json_response(views.Registration, "The stored registration.")},
+)
 async def create_registration(
-    data: JSONBody[views.RegistrationCreate],
+    data: openapi.RegistrationCreateBody,
     request: Request[Any, Any, Any],
     state: State,
 ) -> Response[Any]:
@@ -239,7 +243,7 @@ async def _existing_view(
     return view
 
 
-@get("/registrations")
+@get("/registrations", responses=openapi.problems(400, 401, 503))
 async def list_registrations(
     request: Request[Any, Any, Any],
     state: State,
@@ -334,7 +338,10 @@ def _decode_cursor(cursor: str | None) -> str | None:
     return index_member(int(match[1]), match[2])
 
 
-@get("/registrations/{registration_id:str}")
+@get(
+    "/registrations/{registration_id:str}",
+    responses=openapi.problems(400, 401, 404, 503),
+)
 async def read_registration(
     registration_id: FromPath[str], request: Request[Any, Any, Any], state: State
 ) -> views.Registration:
@@ -347,7 +354,10 @@ async def read_registration(
     return view
 
 
-@get("/registrations/{registration_id:str}/attempts")
+@get(
+    "/registrations/{registration_id:str}/attempts",
+    responses=openapi.problems(400, 401, 404, 503),
+)
 async def list_attempts(
     registration_id: FromPath[str], request: Request[Any, Any, Any], state: State
 ) -> views.AttemptList:
@@ -366,7 +376,11 @@ async def list_attempts(
     )
 
 
-@post("/registrations/{registration_id:str}/redeliver", status_code=HTTP_202_ACCEPTED)
+@post(
+    "/registrations/{registration_id:str}/redeliver",
+    status_code=HTTP_202_ACCEPTED,
+    responses=openapi.problems(400, 401, 404, 409, 503),
+)
 async def redeliver_registration(
     registration_id: FromPath[str], request: Request[Any, Any, Any], state: State
 ) -> views.Registration:
@@ -403,7 +417,10 @@ async def redeliver_registration(
     return view
 
 
-@delete("/registrations/{registration_id:str}")
+@delete(
+    "/registrations/{registration_id:str}",
+    responses=openapi.problems(400, 401, 404, 503),
+)
 async def delete_registration(
     registration_id: FromPath[str], request: Request[Any, Any, Any], state: State
 ) -> None:
@@ -417,7 +434,7 @@ async def delete_registration(
     log.info("registration.deleted", registration_id=registration_id)
 
 
-@get("/tenant")
+@get("/tenant", responses=openapi.problems(401, 503))
 async def read_tenant(request: Request[Any, Any, Any], state: State) -> views.Tenant:
     """Return the calling tenant: its active registrations and key settings."""
     tenants: Tenants = state.tenants
@@ -433,7 +450,11 @@ async def read_tenant(request: Request[Any, Any, Any], state: State) -> views.Te
     )
 
 
-@post("/tenant/signing-secret", status_code=HTTP_201_CREATED)
+@post(
+    "/tenant/signing-secret",
+    status_code=HTTP_201_CREATED,
+    responses=openapi.problems(400, 401, 409, 413, 503),
+)
 async def rotate_signing_secret(
     data: JSONBody[views.SigningSecretRotate],
     request: Request[Any, Any, Any],
@@ -462,7 +483,11 @@ async def rotate_signing_secret(
     )
 
 
-@put("/tenant/modelgates-key", status_code=HTTP_204_NO_CONTENT)
+@put(
+    "/tenant/modelgates-key",
+    status_code=HTTP_204_NO_CONTENT,
+    responses=openapi.problems(400, 401, 409, 413, 503),
+)
 async def set_modelgates_key(
     data: JSONBody[views.ModelGatesKey], request: Request[Any, Any, Any], state: State
 ) -> None:
@@ -478,7 +503,7 @@ async def set_modelgates_key(
     log.info("tenant.modelgates_key_set", tenant=tenant)
 
 
-@delete("/tenant/modelgates-key")
+@delete("/tenant/modelgates-key", responses=openapi.problems(401, 409, 503))
 async def clear_modelgates_key(request: Request[Any, Any, Any], state: State) -> None:
     """Go back to the relay-wide ModelGates key for new registrations."""
     tenants: Tenants = state.tenants
@@ -488,19 +513,34 @@ async def clear_modelgates_key(request: Request[Any, Any, Any], state: State) ->
     log.info("tenant.modelgates_key_cleared", tenant=tenant)
 
 
-@get("/healthz", include_in_schema=True)
+@get(
+    "/healthz",
+    responses=openapi.problems()
+    | {200: openapi.json_response(openapi.Health, "The process is alive.")},
+)
 async def healthz() -> dict[str, str]:
     """Report that the process is alive."""
     return {"status": "ok"}
 
 
-@get("/metrics", media_type="text/plain; version=0.0.4", include_in_schema=False)
+@get(
+    "/metrics",
+    media_type="text/plain; version=0.0.4",
+    responses=openapi.problems(503),
+)
 async def metrics(state: State) -> str:
     """Return fleet-wide metrics in the Prometheus text format."""
     return await relay_metrics.render(state.store)
 
 
-@get("/readyz")
+@get(
+    "/readyz",
+    responses=openapi.problems()
+    | {
+        200: openapi.json_response(openapi.Readiness, "Ready to serve."),
+        503: openapi.json_response(openapi.Readiness, "Not ready, and why."),
+    },
+)
 async def readyz(state: State) -> Response[dict[str, Any]]:
     """Report whether Redis is reachable and its keyspace at this code's version."""
     store: Store = state.store
@@ -592,7 +632,7 @@ def create_app(settings: Settings, resolver: Resolver | None = None) -> Litestar
             clear_modelgates_key,
         ],
         guards=[require_caller],
-        security=[{"bearer": []}],
+        security=[{openapi.BEARER_SCHEME: []}],
     )
     store = Store(client, settings.key_prefix, settings.retention_s)
     tenants = Tenants(client, store.keys, settings.encryption_keys)
@@ -624,14 +664,7 @@ def create_app(settings: Settings, resolver: Resolver | None = None) -> Litestar
         middleware=[access_log] if logs_requests(settings) else [],
         request_max_body_size=settings.max_body_bytes,
         on_shutdown=[close_redis],
-        openapi_config=OpenAPIConfig(
-            title="modelgates-relay",
-            version="1",
-            components=Components(
-                security_schemes={
-                    "bearer": SecurityScheme(type="http", scheme="bearer")
-                }
-            ),
-        ),
+        openapi_config=openapi.openapi_config(),
+        plugins=[openapi.StrictStructSchemaPlugin()],
         logging_config=None,
     )
