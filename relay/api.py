@@ -44,6 +44,7 @@ from relay.events import rfc3339_ms
 from relay.idempotency import HEADER as IDEMPOTENCY_HEADER
 from relay.idempotency import Idempotency, check_key
 from relay.registrations import (
+    InputError,
     NewRegistration,
     check_callback_addresses,
     new_registration_id,
@@ -486,7 +487,8 @@ async def rotate_signing_secret(
 @put(
     "/tenant/modelgates-key",
     status_code=HTTP_204_NO_CONTENT,
-    responses=openapi.problems(400, 401, 409, 413, 503),
+    before_request=require_json,
+    responses=openapi.problems(400, 401, 409, 413, 415, 422, 503),
 )
 async def set_modelgates_key(
     data: JSONBody[views.ModelGatesKey], request: Request[Any, Any, Any], state: State
@@ -498,6 +500,11 @@ async def set_modelgates_key(
     """
     tenants: Tenants = state.tenants
     tenant = caller_of(request).tenant
+    if not data.api_key or len(data.api_key) > 512 or not data.api_key.isprintable():
+        raise InputError(
+            "api_key",
+            "api_key must be 1 to 512 printable characters, without line breaks",
+        )
     await tenants.set_modelgates_key(tenant, data.api_key)
     state.authenticator.forget(tenant)
     log.info("tenant.modelgates_key_set", tenant=tenant)

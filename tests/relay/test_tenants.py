@@ -498,3 +498,26 @@ def test_token_sent_with_api_token_stays_out_of_errors(api: httpx.Client) -> Non
     response = api.get(f"{REGISTRATIONS}/reg_missing")
 
     assert API_TOKEN not in response.text
+
+
+@pytest.mark.parametrize("value", ["", "x" * 513, "line\nbreak"])
+def test_invalid_modelgates_key_is_refused(
+    make_key: KeyMaker, client_for: ClientFor, value: str
+) -> None:
+    acme = client_for(make_key("acme"))
+
+    response = acme.put("/v1/tenant/modelgates-key", json={"api_key": value})
+
+    assert response.status_code == 422
+    assert response.json()["field"] == "api_key"
+    assert acme.get("/v1/tenant").json()["own_modelgates_key"] is False
+
+
+def test_modelgates_key_needs_a_json_body(
+    make_key: KeyMaker, client_for: ClientFor
+) -> None:
+    acme = client_for(make_key("acme"))
+
+    response = acme.put("/v1/tenant/modelgates-key", content=b"api_key=x")
+
+    assert response.status_code == 415
