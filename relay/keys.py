@@ -23,6 +23,7 @@
 | cred:{cred}                 | string | a tenant's ModelGates key, sealed          |
 | idem:{tenant}:{digest}      | string | the first answer to an Idempotency-Key     |
 | ratelimit:apikey:{key id}   | hash   | registration token bucket of one API key   |
+| lock:sweep                  | string | held by the worker sweeping the indexes    |
 
 A tracker ID is ``{cred}:{job}``: ``cred`` is a short digest of the ModelGates
 key, so the key itself is never stored, and two registrations of one job under
@@ -140,6 +141,11 @@ class Keys:
 
     def key_rate_limit(self, key_id: str) -> str:
         return f"{self.prefix}ratelimit:apikey:{key_id}"
+
+    @property
+    def sweep_lock(self) -> str:
+        """Held by the one worker that sweeps the indexes this round."""
+        return f"{self.prefix}lock:sweep"
 
     def tracker_id(self, cred: str, job_id: str) -> str:
         """Return the schedule member that names one upstream job."""

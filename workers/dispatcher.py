@@ -8,6 +8,7 @@ lease. The members then become due again and another worker claims them.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import redis
@@ -17,6 +18,7 @@ from rq import Queue
 from relay import lua
 from relay.keys import Keys
 from relay.settings import Settings
+from workers import maintenance
 from workers.deliver import deliver_batch
 from workers.poll import poll_batch
 
@@ -43,6 +45,8 @@ class Dispatcher(threading.Thread):
         self._poll_queue = Queue(self.keys.poll_queue, connection=connection)
         self._deliver_queue = Queue(self.keys.deliver_queue, connection=connection)
         self._stopping = threading.Event()
+        self._connection = connection
+        self._next_sweep = 0.0
 
     def stop(self) -> None:
         """Ask the thread to finish its current round and exit."""
@@ -53,6 +57,9 @@ class Dispatcher(threading.Thread):
         while not self._stopping.is_set():
             try:
                 wait_s = self.dispatch_once()
+                if time.monotonic() >= self._next_sweep:
+                    self._next_sweep = time.monotonic() + maintenance.SWEEP_EVERY_S
+                    maintenance.sweep(self._connection, self.keys)
             except redis.RedisError as exc:
                 log.warning("dispatcher.redis_failed", error=repr(exc))
                 wait_s = 1.0
