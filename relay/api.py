@@ -80,7 +80,7 @@ def _raw_header(connection: ASGIConnection[Any, Any, Any, Any], name: bytes) -> 
 async def require_caller(
     connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
 ) -> None:
-    """Guard: find who sent the request, or answer 401."""
+    """Guard: authenticate the request's bearer token, or raise 401."""
     authenticator: Authenticator = connection.app.state.authenticator
     scheme, _, token = _raw_header(connection, b"authorization").partition(b" ")
     caller = None
@@ -139,7 +139,7 @@ async def create_registration(
 
     The same job ID and callback URL again returns the existing registration
     with 200 instead of 201. With an ``Idempotency-Key`` header, a retried
-    request gets the first answer again, status code included.
+    request gets the first response again, status code included.
     """
     caller = caller_of(request)
     header = _raw_header(request, IDEMPOTENCY_HEADER.encode())

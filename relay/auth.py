@@ -1,4 +1,4 @@
-"""Who is calling the API: the single-tenant token or a tenant's API key.
+"""Authentication: the single-tenant token or a tenant's API key, per request.
 
 A key's tenant and ModelGates credential are kept in process memory for
 ``CACHE_S`` seconds after a successful lookup, so a busy client costs no Redis
@@ -40,7 +40,7 @@ class Authenticator:
         self._cache: dict[bytes, tuple[float, Caller]] = {}
 
     async def caller(self, token: bytes) -> Caller | None:
-        """Return who ``token`` belongs to; None if nobody."""
+        """Return the Caller that ``token`` belongs to, or None for an unknown token."""
         if self._token and hmac.compare_digest(token, self._token):
             return Caller(DEFAULT_TENANT, TOKEN_KEY_ID, self._default_cred)
         now = time.monotonic()

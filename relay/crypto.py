@@ -1,10 +1,10 @@
 """Encryption at rest for tenant secrets stored in Redis.
 
 Values are sealed with AES-256-GCM under a key from ``RELAY_ENCRYPTION_KEYS``.
-That setting lists one or more keys as ``ID:BASE64`` separated by commas; the
-first key seals new values, and every listed key can open old ones, so an
-operator rotates by putting a new key first, running ``relay tenants
-reencrypt``, and then removing the old key.
+That setting lists one or more keys as ``ID:BASE64``, separated by commas. The
+first key seals new values, and every listed key can open old ones. An
+operator therefore rotates by putting a new key first, running ``relay
+tenants reencrypt``, and then removing the old key.
 
 A sealed value reads ``v1.<key ID>.<base64url of nonce and ciphertext>``. The
 associated data names what the value is and whose (for example

@@ -1,7 +1,7 @@
-"""The ``Idempotency-Key`` header: a retried POST gets the first answer again.
+"""The ``Idempotency-Key`` header: a retried POST gets the first response again.
 
 The first request with a key claims it for ``CLAIM_S`` seconds while it runs.
-A successful answer is then stored for ``RELAY_IDEMPOTENCY_TTL_S`` together
+A successful response is then stored for ``RELAY_IDEMPOTENCY_TTL_S`` together
 with a digest of the request body, and returned again to any request with the
 same key and body. A request with the same key and another body is refused,
 and so is one that arrives while the first is still running. A failed first
@@ -26,7 +26,7 @@ HEADER = "idempotency-key"
 
 
 class IdempotencyError(Exception):
-    """A request's key cannot be used; ``status`` is the HTTP status to answer."""
+    """A request's key cannot be used; ``status`` is the HTTP status to respond with."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -36,7 +36,7 @@ class IdempotencyError(Exception):
 
 @dataclass(frozen=True)
 class Replay:
-    """A stored answer to send again."""
+    """A stored response to send again."""
 
     status: int
     body: bytes

@@ -3,7 +3,7 @@
 An API key reads ``rk_<key ID>_<secret>``. Redis keeps only the SHA-256 of the
 whole key under ``apikey:<key ID>``; the key ID names the key in listings and
 revocations without revealing it. The keys are 256-bit random strings, so a
-fast hash is enough: nobody can guess one from its digest.
+fast hash is enough: a key cannot be guessed from its digest.
 
 The tenant ``default`` is the single-tenant mode of the first version: the
 ``RELAY_API_TOKEN`` authenticates as it, and it signs with
@@ -37,12 +37,12 @@ _KEY_ID = re.compile(r"^[0-9a-f]{12}$")
 
 
 class TenantError(ValueError):
-    """A tenant or key operation was refused; the message says why."""
+    """A tenant or key operation was rejected; the message explains why."""
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who sent a request: a tenant, through one of its keys."""
+    """The sender of a request: a tenant, through one of its keys."""
 
     tenant: str
     key_id: str

@@ -28,7 +28,7 @@ CHUNK = 500
 def sweep(client: redis.Redis, keys: Keys, budget: int = SWEEP_BUDGET) -> int:
     """Remove index members whose registration is gone; return how many.
 
-    Returns 0 without work when another worker holds the sweep.
+    Returns 0 without work when another worker has the sweep lock.
     """
     if not client.set(keys.sweep_lock, "1", nx=True, ex=int(SWEEP_EVERY_S)):
         return 0
