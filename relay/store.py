@@ -40,7 +40,7 @@ class TrackerUpdate:
 
 @dataclass(frozen=True)
 class Limits:
-    """What one registration request may use: its key's rate and its tenant's cap.
+    """The limits of one registration request: its key's rate and its tenant's cap.
 
     Zero turns a limit off.
     """
@@ -55,7 +55,7 @@ class Registered:
     """The outcome of ``Store.register``.
 
     ``status`` is ``created``, ``reused``, ``rate_limited`` or ``at_cap``. For
-    ``rate_limited``, ``retry_after_s`` says when a token is free; for
+    ``rate_limited``, ``retry_after_s`` is when a token is free; for
     ``at_cap``, ``active`` is the tenant's count of active registrations.
     """
 
@@ -242,7 +242,7 @@ class Store:
         """Return one page of a tenant's registrations and the cursor after it.
 
         Index members whose registration expired are removed on the way.
-        The page holds fewer than ``page.limit`` rows when the filters skip
+        The page has fewer than ``page.limit`` rows when the filters skip
         many; the cursor is None only when the range is exhausted.
         """
         index = self.keys.tenant_registrations(tenant)
