@@ -129,6 +129,7 @@ def _not_found(registration_id: str) -> NotFoundException:
     status_code=HTTP_201_CREATED,
     responses=openapi.problems(400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
     | {200: openapi.json_response(views.Registration, "The stored registration.")},
+    operation_class=openapi.IdempotentOperation,
 )
 async def create_registration(
     data: openapi.RegistrationCreateBody,

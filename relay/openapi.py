@@ -9,6 +9,7 @@ handlers. Each handler lists the problem responses it can return with
 # No ``from __future__ import annotations`` here. Python 3.11 finds the
 # NotRequired keys of a TypedDict when the class is created, and it cannot
 # see them in string annotations, so every key would be documented as required.
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired, TypedDict
 
 import msgspec
@@ -17,6 +18,8 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import (
     Components,
     OpenAPIType,
+    Operation,
+    Parameter,
     Schema,
     SecurityScheme,
 )
@@ -256,3 +259,26 @@ def json_response(data_container: Any, description: str) -> ResponseSpec:
         description=description,
         generate_examples=False,
     )
+
+
+IDEMPOTENCY_KEY = Parameter(
+    name="Idempotency-Key",
+    param_in="header",
+    required=False,
+    description="A key of 1 to 255 ASCII characters, such as a UUID. A retried "
+    "request with the same key and body gets the first response again, with "
+    "`idempotent-replayed: true`; the same key with another body gets 422.",
+    schema=Schema(type=OpenAPIType.STRING, min_length=1, max_length=255),
+)
+
+
+@dataclass
+class IdempotentOperation(Operation):
+    """An operation that also documents the ``Idempotency-Key`` request header.
+
+    The handler reads the header from the raw ASGI scope, which is faster than
+    declaring it as a parameter, so Litestar cannot see it on its own.
+    """
+
+    def __post_init__(self) -> None:
+        self.parameters = [*(self.parameters or []), IDEMPOTENCY_KEY]

@@ -195,3 +195,12 @@ def test_job_id_pattern_matches_rules() -> None:
         matched = re.fullmatch(JOB_ID_PATTERN, job_id) is not None
 
         assert matched == accepted, f"{job_id!r}"
+
+
+def test_create_documents_idempotency_key(document: dict[str, Any]) -> None:
+    operation = document["paths"]["/v1/registrations"]["post"]
+
+    [header] = [p for p in operation["parameters"] if p["in"] == "header"]
+    assert header["name"] == "Idempotency-Key"
+    assert header["required"] is False
+    assert header["schema"]["maxLength"] == 255
