@@ -1,4 +1,4 @@
-"""The ``relay`` command: api, worker, migrate, simulate, dev, demo, secret."""
+"""The ``relay`` command and its subcommands, one function each."""
 
 from __future__ import annotations
 
@@ -11,11 +11,15 @@ import structlog
 
 import migrations
 from relay import logs
-from relay.errors import RelayError
+from relay.errors import RelayError, WorkerUnhealthyError
 from relay.keys import Keys
 from relay.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+# Workers touch their heartbeat file every 5 s, so this lets five beats pass
+# unwritten before ``relay check-worker`` fails.
+CHECK_WORKER_MAX_AGE_S = 30.0
 
 
 def _api(settings: Settings, args: argparse.Namespace) -> None:
@@ -40,6 +44,23 @@ def _worker(settings: Settings, args: argparse.Namespace) -> None:
     from workers.main import run_worker
 
     run_worker(settings, burst=args.burst)
+
+
+def _check_worker(settings: Settings, args: argparse.Namespace) -> None:
+    from workers.heartbeat import check_file
+
+    path = settings.worker_heartbeat_file
+    if not path:
+        raise RelayError(
+            "RELAY_WORKER_HEARTBEAT_FILE must be set to the file the worker "
+            "touches, the same value the worker has"
+        )
+    try:
+        age_s = check_file(path, args.max_age_s)
+    except WorkerUnhealthyError as exc:
+        print(f"relay check-worker: unhealthy: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(f"worker alive: heartbeat file touched {age_s:.1f} s ago")
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> None:
@@ -114,6 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--burst", action="store_true", help="exit when queues are empty"
     )
     worker.set_defaults(run=_worker)
+
+    check_worker = commands.add_parser(
+        "check-worker",
+        help="exit 0 while the worker on this host touches its heartbeat file",
+    )
+    check_worker.add_argument(
+        "--max-age-s",
+        type=float,
+        default=CHECK_WORKER_MAX_AGE_S,
+        help=f"maximum age of the heartbeat file in seconds "
+        f"(default {CHECK_WORKER_MAX_AGE_S:g})",
+    )
+    check_worker.set_defaults(run=_check_worker)
 
     commands.add_parser("migrate", help="apply Redis keyspace migrations").set_defaults(
         run=_migrate
