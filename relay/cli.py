@@ -10,16 +10,12 @@ import redis
 import structlog
 
 import migrations
-from relay import logs
-from relay.errors import RelayError, WorkerUnhealthyError
+from relay import liveness, logs
+from relay.errors import RelayError
 from relay.keys import Keys
 from relay.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-# Workers touch their heartbeat file every 5 s, so this lets five beats pass
-# unwritten before ``relay check-worker`` fails.
-CHECK_WORKER_MAX_AGE_S = 30.0
 
 
 def _api(settings: Settings, args: argparse.Namespace) -> None:
@@ -47,20 +43,10 @@ def _worker(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _check_worker(settings: Settings, args: argparse.Namespace) -> None:
-    from workers.heartbeat import check_file
-
     path = settings.worker_heartbeat_file
-    if not path:
-        raise RelayError(
-            "RELAY_WORKER_HEARTBEAT_FILE must be set to the file the worker "
-            "touches, the same value the worker has"
-        )
-    try:
-        age_s = check_file(path, args.max_age_s)
-    except WorkerUnhealthyError as exc:
-        print(f"relay check-worker: unhealthy: {exc}", file=sys.stderr)
-        sys.exit(1)
-    print(f"worker alive: heartbeat file touched {age_s:.1f} s ago")
+    status = liveness.run(path, args.max_age_s, "relay check-worker")
+    if status:
+        sys.exit(status)
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> None:
@@ -140,13 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check-worker",
         help="exit 0 while the worker on this host touches its heartbeat file",
     )
-    check_worker.add_argument(
-        "--max-age-s",
-        type=float,
-        default=CHECK_WORKER_MAX_AGE_S,
-        help=f"maximum age of the heartbeat file in seconds "
-        f"(default {CHECK_WORKER_MAX_AGE_S:g})",
-    )
+    liveness.add_arguments(check_worker)
     check_worker.set_defaults(run=_check_worker)
 
     commands.add_parser("migrate", help="apply Redis keyspace migrations").set_defaults(

@@ -20,7 +20,6 @@ import redis
 import structlog
 
 from relay import lua
-from relay.errors import WorkerUnhealthyError
 from relay.keys import WORKER_HEARTBEAT_INTERVAL_S, WORKER_HEARTBEAT_KEPT_S, Keys
 from relay.settings import Settings
 from workers.dispatcher import Dispatcher
@@ -51,8 +50,7 @@ class Heartbeat(threading.Thread):
         self.dispatcher = dispatcher
         self.runtime = runtime
         self.keys = Keys(settings.key_prefix)
-        self.file = Path(settings.worker_heartbeat_file or "")
-        self.has_file = bool(settings.worker_heartbeat_file)
+        self.file_path = settings.worker_heartbeat_file
         # Short timeouts: a Redis outage must not hold up the file's touch.
         self.redis = redis.Redis.from_url(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=2
@@ -73,7 +71,7 @@ class Heartbeat(threading.Thread):
         if problem:
             log.warning("heartbeat.skipped", reason=problem)
             return
-        if self.has_file:
+        if self.file_path:
             self._touch_file()
         try:
             self._record(
@@ -92,10 +90,10 @@ class Heartbeat(threading.Thread):
 
     def _touch_file(self) -> None:
         try:
-            self.file.touch()
+            Path(self.file_path).touch()
         except OSError as exc:
             if not self._file_failing:
-                log.error("heartbeat.file_failed", path=str(self.file), error=repr(exc))
+                log.error("heartbeat.file_failed", path=self.file_path, error=repr(exc))
             self._file_failing = True
             return
         self._file_failing = False
@@ -112,9 +110,8 @@ class Heartbeat(threading.Thread):
         self.redis.close()
 
     def remove_file(self) -> None:
-        """Delete the liveness file, so the probe fails once the worker exits."""
-        if self.has_file:
-            self.file.unlink(missing_ok=True)
+        """Delete the heartbeat file, so the probe fails once the worker exits."""
+        remove_file(self.file_path)
 
     def _problem(self) -> str:
         """Return why the worker is unhealthy, or an empty string."""
@@ -130,25 +127,7 @@ class Heartbeat(threading.Thread):
         return ""
 
 
-def check_file(path: str, max_age_s: float) -> float:
-    """Return the heartbeat file's age in seconds.
-
-    Raises WorkerUnhealthyError when the file is missing or older than
-    ``max_age_s``.
-
-    ``relay check-worker`` runs this in the worker's container, so the file's
-    time and the current time come from one clock.
-    """
-    try:
-        age_s = time.time() - Path(path).stat().st_mtime
-    except FileNotFoundError:
-        raise WorkerUnhealthyError(
-            f"no heartbeat file at {path}: the worker has not started yet or "
-            "has stopped"
-        ) from None
-    if age_s > max_age_s:
-        raise WorkerUnhealthyError(
-            f"heartbeat file {path} is {age_s:.0f} s old, more than "
-            f"{max_age_s:g} s: the worker is stuck"
-        )
-    return age_s
+def remove_file(path: str) -> None:
+    """Delete the heartbeat file at ``path``, if one is configured and exists."""
+    if path:
+        Path(path).unlink(missing_ok=True)

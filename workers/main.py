@@ -27,7 +27,7 @@ from relay.keys import Keys
 from relay.settings import Settings
 from workers import leases
 from workers.dispatcher import Dispatcher
-from workers.heartbeat import Heartbeat
+from workers.heartbeat import Heartbeat, remove_file
 from workers.runtime import Runtime, close_runtime, install_runtime
 
 log = structlog.get_logger(__name__)
@@ -107,6 +107,8 @@ class Shutdown:
 def run_worker(settings: Settings, burst: bool = False) -> None:
     """Run until SIGTERM or SIGINT, then shut down as the module describes."""
     settings.require_worker()
+    # A file left by an earlier run in this pod must not pass the probes.
+    remove_file(settings.worker_heartbeat_file)
     connection = redis.Redis.from_url(
         settings.redis_url, socket_timeout=30, socket_connect_timeout=5
     )

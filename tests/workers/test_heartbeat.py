@@ -48,9 +48,13 @@ def wait_for_file(path: Path) -> float:
     return path.stat().st_mtime
 
 
-def check_worker(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def check_worker(
+    env: dict[str, str], command: tuple[str, ...] = ("relay", "check-worker")
+) -> subprocess.CompletedProcess[str]:
+    """Run the liveness check, as ``relay check-worker`` or ``relay.liveness``."""
+    module, *arguments = command
     return subprocess.run(
-        [sys.executable, "-m", "relay", "check-worker"],
+        [sys.executable, "-m", module, *arguments],
         env=os.environ | env,
         capture_output=True,
         text=True,
@@ -112,15 +116,20 @@ def test_check_worker_follows_heartbeat_file(
     wait_for_file(heartbeat_file)
 
     alive = check_worker(check_env)
+    probe_alive = check_worker(check_env, ("relay.liveness",))
     worker.send_signal(signal.SIGTERM)
     worker.wait(timeout=30)
     stopped = check_worker(check_env)
+    probe_stopped = check_worker(check_env, ("relay.liveness",))
 
     assert alive.returncode == 0, alive.stderr
     assert "worker alive" in alive.stdout
+    assert probe_alive.returncode == 0, probe_alive.stderr
     assert not heartbeat_file.exists()
     assert stopped.returncode == 1
     assert "no heartbeat file" in stopped.stderr
+    assert probe_stopped.returncode == 1
+    assert "no heartbeat file" in probe_stopped.stderr
 
 
 def test_check_worker_rejects_stale_file(env: dict[str, str], tmp_path: Path) -> None:
@@ -137,9 +146,30 @@ def test_check_worker_rejects_stale_file(env: dict[str, str], tmp_path: Path) ->
 
 def test_check_worker_needs_file_setting(env: dict[str, str]) -> None:
     result = check_worker(env | {"RELAY_WORKER_HEARTBEAT_FILE": ""})
+    probe = check_worker(env | {"RELAY_WORKER_HEARTBEAT_FILE": ""}, ("relay.liveness",))
 
     assert result.returncode == 2
     assert "RELAY_WORKER_HEARTBEAT_FILE" in result.stderr
+    assert probe.returncode == 2
+    assert "RELAY_WORKER_HEARTBEAT_FILE" in probe.stderr
+
+
+def test_worker_removes_old_file_at_start(
+    start_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    heartbeat_file = tmp_path / "alive"
+    heartbeat_file.touch()
+
+    # The keyspace under this prefix is not migrated, so the worker exits at
+    # start-up and never writes a heartbeat.
+    worker = start_worker(
+        RELAY_KEY_PREFIX="unmigrated:",
+        RELAY_WORKER_HEARTBEAT_FILE=str(heartbeat_file),
+    )
+    status = worker.wait(timeout=60)
+
+    assert status == 2
+    assert not heartbeat_file.exists()
 
 
 def test_heartbeat_file_outlives_redis_outage(
