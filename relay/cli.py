@@ -1,5 +1,4 @@
-"""The ``relay`` command: api, worker, migrate, keys, tenants, simulate, dev, demo,
-secret."""
+"""The ``relay`` command and its subcommands, one function each."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import redis
 import structlog
 
 import migrations
-from relay import admin_cli, logs
+from relay import admin_cli, liveness, logs
 from relay.errors import RelayError
 from relay.keys import Keys
 from relay.settings import Settings
@@ -41,6 +40,13 @@ def _worker(settings: Settings, args: argparse.Namespace) -> None:
     from workers.main import run_worker
 
     run_worker(settings, burst=args.burst)
+
+
+def _check_worker(settings: Settings, args: argparse.Namespace) -> None:
+    path = settings.worker_heartbeat_file
+    status = liveness.run(path, args.max_age_s, "relay check-worker")
+    if status:
+        sys.exit(status)
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> None:
@@ -120,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--burst", action="store_true", help="exit when queues are empty"
     )
     worker.set_defaults(run=_worker)
+
+    check_worker = commands.add_parser(
+        "check-worker",
+        help="exit 0 while the worker on this host touches its heartbeat file",
+    )
+    liveness.add_arguments(check_worker)
+    check_worker.set_defaults(run=_check_worker)
 
     commands.add_parser("migrate", help="apply Redis keyspace migrations").set_defaults(
         run=_migrate

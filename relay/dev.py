@@ -102,6 +102,8 @@ def running_stack(
                 "RELAY_CALLBACK_ALLOW_CIDRS": "127.0.0.0/8,::1/128",
                 "RELAY_POLL_FIRST_DELAY_S": "1",
                 "RELAY_POLL_MAX_INTERVAL_S": "3",
+                # Below the 10 s that Stack.stop waits before SIGKILL.
+                "RELAY_SHUTDOWN_GRACE_S": "5",
             }
             | (overrides or {})
         )

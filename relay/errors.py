@@ -3,7 +3,8 @@
 RelayError
 ├── SettingsError        invalid environment variables; stops start-up
 ├── SchemaError          Redis keyspace missing or newer than this code
-└── StoreUnavailableError Redis unreachable or timing out
+├── StoreUnavailableError Redis unreachable or timing out
+└── WorkerUnhealthyError  a worker's heartbeat file is missing or too old
 
 Third-party errors (redis, httpx) are translated into these at the module that
 talks to them, with ``raise ... from exc`` so the cause stays in tracebacks.
@@ -24,3 +25,7 @@ class SchemaError(RelayError):
 
 class StoreUnavailableError(RelayError):
     """Redis could not be reached or did not respond in time."""
+
+
+class WorkerUnhealthyError(RelayError):
+    """A worker's heartbeat file is missing or older than the check allows."""

@@ -24,10 +24,12 @@
 | idem:{tenant}:{digest}      | string | the first answer to an Idempotency-Key     |
 | ratelimit:apikey:{key id}   | hash   | registration token bucket of one API key   |
 | lock:sweep                  | string | held by the worker sweeping the indexes    |
+| workers                     | zset   | worker name -> last heartbeat (Redis clock) |
 
 A tracker ID is ``{cred}:{job}``: ``cred`` is a short digest of the ModelGates
 key, so the key itself is never stored, and two registrations of one job under
-one key share a tracker.
+one key share a tracker. RQ names its own keys: the waiting jobs of the two
+queues are in ``rq:queue:{prefix}poll`` and ``rq:queue:{prefix}deliver``.
 
 ``idx:regs:{tenant}`` holds every score at 0 and members that read
 ``{created ms, 13 digits}:{registration ID}``, so the lexicographic order is
@@ -42,6 +44,16 @@ from dataclasses import dataclass
 
 SCHEMA_VERSION = 2
 ATTEMPTS_KEPT = 50
+# RQ keeps the IDs of a queue's waiting jobs in the list ``rq:queue:<name>``
+# (``rq.Queue.redis_queue_namespace_prefix`` in RQ 3.0).
+RQ_QUEUE_KEY_PREFIX = "rq:queue:"
+# Workers write a heartbeat this often, and /metrics counts a worker as alive
+# for WORKER_ALIVE_S after its last one, so a few missed beats are tolerated.
+WORKER_HEARTBEAT_INTERVAL_S = 5.0
+WORKER_ALIVE_S = 20.0
+# Heartbeats of workers that stopped without removing theirs are dropped
+# after this long.
+WORKER_HEARTBEAT_KEPT_S = 3600
 
 
 def credential_id(api_key: str) -> str:
@@ -81,6 +93,16 @@ class Keys:
         return f"{self.prefix}deliver"
 
     @property
+    def poll_queue_key(self) -> str:
+        """Redis list of the poll queue's waiting job IDs."""
+        return f"{RQ_QUEUE_KEY_PREFIX}{self.poll_queue}"
+
+    @property
+    def deliver_queue_key(self) -> str:
+        """Redis list of the deliver queue's waiting job IDs."""
+        return f"{RQ_QUEUE_KEY_PREFIX}{self.deliver_queue}"
+
+    @property
     def poll_schedule(self) -> str:
         return f"{self.prefix}schedule:poll"
 
@@ -91,6 +113,10 @@ class Keys:
     @property
     def exhausted(self) -> str:
         return f"{self.prefix}idx:exhausted"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}workers"
 
     def registration(self, registration_id: str) -> str:
         return f"{self.prefix}reg:{registration_id}"

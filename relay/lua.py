@@ -90,21 +90,45 @@ return {1, ARGV[1], now_ms}
 
 # KEYS: schedule
 # ARGV: max members, lease s
-# Returns the seconds until the next member is due (or -1), then the members.
+# Returns the seconds until the next member is due (or -1), the score the
+# claimed members now have, then the members. The score is written with 17
+# significant digits, so it converts back to exactly the stored double.
 CLAIM = (
     _NOW
     + """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])
-local lease = tonumber(ARGV[2])
+local lease_until = now + tonumber(ARGV[2])
 for _, member in ipairs(due) do
-  redis.call('ZADD', KEYS[1], now + lease, member)
+  redis.call('ZADD', KEYS[1], lease_until, member)
 end
 local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local wait = -1
 if head[2] then wait = math.max(0, tonumber(head[2]) - now) end
-local out = {tostring(wait)}
+local out = {tostring(wait), string.format('%.17g', lease_until)}
 for _, member in ipairs(due) do out[#out + 1] = member end
 return out
+"""
+)
+
+# KEYS: schedule
+# ARGV: the score CLAIM returned, then the claimed members
+# Makes members due now that still have the claim's score, so a stopping
+# worker hands back the work it did not finish. A member that was finished,
+# rescheduled, deleted or claimed again has another score, or none, and
+# stays as it is. Returns the number of members released.
+RELEASE = (
+    _NOW
+    + """
+local lease_until = tonumber(ARGV[1])
+local released = 0
+for i = 2, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) == lease_until then
+    redis.call('ZADD', KEYS[1], now, ARGV[i])
+    released = released + 1
+  end
+end
+return released
 """
 )
 
@@ -370,6 +394,19 @@ end
 redis.call('HSET', KEYS[2], 'state', 'delivering', 'updated_at_ms', now_ms)
 redis.call('ZADD', KEYS[3], now, ARGV[1])
 redis.call('SREM', KEYS[5], ARGV[1])
+return 1
+"""
+)
+
+# KEYS: worker heartbeats
+# ARGV: worker name, seconds to keep a heartbeat
+# Records the worker's heartbeat at the Redis clock and drops the heartbeats
+# of workers that stopped without removing theirs.
+HEARTBEAT = (
+    _NOW
+    + """
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 return 1
 """
 )

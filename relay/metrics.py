@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from relay.keys import WORKER_ALIVE_S
 from relay.store import Store, translate_errors
 
 # name, stats hash, label names that the hash field splits into, help text
@@ -62,13 +63,15 @@ async def render(store: Store) -> str:
             if len(values) == len(label_names):
                 lines.append(f"{name}{_labels(label_names, values)} {value}")
 
-    for name, help_text, reading in await _gauges(store):
+    for name, help_text, readings in await _gauges(store):
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-        lines.append(f"{name} {reading:g}")
+        for labels, reading in readings:
+            lines.append(f"{name}{labels} {reading:g}")
     return "\n".join(lines) + "\n"
 
 
-async def _gauges(store: Store) -> list[tuple[str, str, float]]:
+async def _gauges(store: Store) -> list[tuple[str, str, list[tuple[str, float]]]]:
+    """Return each gauge's name, help text and its (labels, value) readings."""
     keys = store.keys
     async with translate_errors(), store.client.pipeline(transaction=False) as pipe:
         pipe.time()
@@ -77,6 +80,9 @@ async def _gauges(store: Store) -> list[tuple[str, str, float]]:
         pipe.zcard(keys.deliver_schedule)
         pipe.zrange(keys.deliver_schedule, 0, 0, withscores=True)
         pipe.scard(keys.exhausted)
+        pipe.zrange(keys.workers, 0, -1, withscores=True)
+        pipe.llen(keys.poll_queue_key)
+        pipe.llen(keys.deliver_queue_key)
         (
             clock,
             trackers,
@@ -84,25 +90,42 @@ async def _gauges(store: Store) -> list[tuple[str, str, float]]:
             events,
             deliver_head,
             exhausted,
+            heartbeats,
+            poll_jobs,
+            deliver_jobs,
         ) = await pipe.execute()
     now = int(clock[0]) + int(clock[1]) / 1_000_000
+    alive = sum(1 for _, beat_at in heartbeats if now - beat_at <= WORKER_ALIVE_S)
     return [
-        ("relay_tracked_jobs", "Upstream jobs being polled.", trackers),
+        ("relay_tracked_jobs", "Upstream jobs being polled.", [("", trackers)]),
         (
             "relay_poll_overdue_seconds",
             "How long the most overdue poll has waited past its due time.",
-            _overdue_s(poll_head, now),
+            [("", _overdue_s(poll_head, now))],
         ),
-        ("relay_pending_webhooks", "Webhook events awaiting delivery.", events),
+        ("relay_pending_webhooks", "Webhook events awaiting delivery.", [("", events)]),
         (
             "relay_delivery_overdue_seconds",
             "How long the most overdue delivery attempt has waited.",
-            _overdue_s(deliver_head, now),
+            [("", _overdue_s(deliver_head, now))],
         ),
         (
             "relay_exhausted_webhooks",
             "Events whose retries ran out; redeliver them through the API.",
-            exhausted,
+            [("", exhausted)],
+        ),
+        (
+            "relay_workers_alive",
+            f"Workers whose last heartbeat is at most {WORKER_ALIVE_S:g} s old.",
+            [("", alive)],
+        ),
+        (
+            "relay_queue_depth",
+            "RQ jobs (batches of polls or deliveries) waiting in each queue.",
+            [
+                (_labels(["queue"], ["poll"]), poll_jobs),
+                (_labels(["queue"], ["deliver"]), deliver_jobs),
+            ],
         ),
     ]
 

@@ -78,6 +78,8 @@ class Settings:
     retention_s: float = 7 * 86400.0
     batch_size: int = 400
     lease_s: float = 60.0
+    shutdown_grace_s: float = 20.0
+    worker_heartbeat_file: str = ""
     max_body_bytes: int = 64 * 1024
     max_metadata_bytes: int = 4 * 1024
     log_format: str = "auto"
@@ -128,6 +130,8 @@ class Settings:
             retention_s=env.number("RELAY_RETENTION_S", 604800.0, low=60),
             batch_size=env.integer("RELAY_BATCH_SIZE", 400, low=1, high=10000),
             lease_s=env.number("RELAY_LEASE_S", 60.0, low=1),
+            shutdown_grace_s=env.number("RELAY_SHUTDOWN_GRACE_S", 20.0, low=0),
+            worker_heartbeat_file=env.text("RELAY_WORKER_HEARTBEAT_FILE", ""),
             max_body_bytes=env.integer("RELAY_MAX_BODY_BYTES", 65536, low=1024),
             max_metadata_bytes=env.integer("RELAY_MAX_METADATA_BYTES", 4096, low=2),
             log_format=env.choice(
@@ -192,6 +196,12 @@ class Settings:
                 f"RELAY_LEASE_S must exceed twice the longest request timeout "
                 f"({longest_s:g} s) so a live worker keeps its claim, got "
                 f"{self.lease_s:g}"
+            )
+        if self.shutdown_grace_s >= self.lease_s:
+            raise SettingsError(
+                f"RELAY_SHUTDOWN_GRACE_S must be less than RELAY_LEASE_S "
+                f"({self.lease_s:g} s), so the work a stopping worker finishes is "
+                f"still its own claim, got {self.shutdown_grace_s:g}"
             )
 
 

@@ -141,6 +141,7 @@ def env(redis_url: str, simulator_url: str) -> dict[str, str]:
         "RELAY_DELIVERY_TIMEOUT_S": "1",
         "RELAY_DELIVERY_RETRY_SCHEDULE_S": "0.2,0.4,0.8",
         "RELAY_LEASE_S": "3",
+        "RELAY_SHUTDOWN_GRACE_S": "1",
         "RELAY_LOG_FORMAT": "json",
         "RELAY_LOG_LEVEL": "INFO",
     }

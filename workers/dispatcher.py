@@ -14,12 +14,14 @@ from collections.abc import Callable
 import redis
 import structlog
 from rq import Queue
+from rq.job import Job
 
 from relay import lua
 from relay.keys import Keys
 from relay.settings import Settings
 from workers import maintenance
 from workers.deliver import deliver_batch
+from workers.leases import Claim
 from workers.poll import poll_batch
 
 log = structlog.get_logger(__name__)
@@ -47,6 +49,10 @@ class Dispatcher(threading.Thread):
         self._stopping = threading.Event()
         self._connection = connection
         self._next_sweep = 0.0
+        # Monotonic time of the last finished round, for the liveness check.
+        self.last_round_at = time.monotonic()
+        # Jobs this thread enqueued within the last lease, oldest first.
+        self._enqueued: dict[str, tuple[float, Queue, Job, Claim]] = {}
 
     def stop(self) -> None:
         """Ask the thread to finish its current round and exit."""
@@ -63,8 +69,27 @@ class Dispatcher(threading.Thread):
             except redis.RedisError as exc:
                 log.warning("dispatcher.redis_failed", error=repr(exc))
                 wait_s = 1.0
+            self.last_round_at = time.monotonic()
             self._stopping.wait(wait_s)
         log.info("dispatcher.stopped")
+
+    def take_back_queued(self) -> list[Claim]:
+        """Remove this thread's jobs that no worker started and return their claims.
+
+        Call it after the thread has stopped. A job that another worker has
+        already dequeued stays with that worker.
+        """
+        waiting = {
+            queue.name: set(queue.get_job_ids())
+            for queue in (self._poll_queue, self._deliver_queue)
+        }
+        claims = []
+        for _, queue, job, claim in self._enqueued.values():
+            if job.id in waiting[queue.name] and queue.remove(job.id):
+                job.delete(remove_from_queue=False)
+                claims.append(claim)
+        self._enqueued.clear()
+        return claims
 
     def dispatch_once(self) -> float:
         """Claim and enqueue one round of due work; return how long to sleep."""
@@ -84,17 +109,30 @@ class Dispatcher(threading.Thread):
             keys=[schedule], args=[settings.batch_size, settings.lease_s]
         )
         wait_s = float(reply[0])
-        members = [member.decode() for member in reply[1:]]
+        members = [member.decode() for member in reply[2:]]
         if not members:
             return MAX_IDLE_S if wait_s < 0 else min(wait_s, MAX_IDLE_S)
 
-        queue.enqueue(
+        claim = Claim(schedule, reply[1].decode(), tuple(members))
+        enqueued = queue.enqueue(
             job,
             members,
             job_timeout=int(settings.lease_s),
             result_ttl=0,
             failure_ttl=24 * 3600,
+            meta=claim.job_meta(),
         )
+        self._remember(queue, enqueued, claim)
         log.debug("dispatcher.enqueued", queue=queue.name, size=len(members))
         # A full batch means more may be due right now.
         return 0.0 if len(members) == settings.batch_size else min(wait_s, MAX_IDLE_S)
+
+    def _remember(self, queue: Queue, job: Job, claim: Claim) -> None:
+        now = time.monotonic()
+        self._enqueued[job.id] = (now, queue, job, claim)
+        # Dicts keep insertion order, so the oldest entry comes first.
+        while self._enqueued:
+            oldest_id, (enqueued_at, *_) = next(iter(self._enqueued.items()))
+            if now - enqueued_at <= self.settings.lease_s:
+                break
+            del self._enqueued[oldest_id]

@@ -37,6 +37,10 @@ log = structlog.get_logger(__name__)
 MAX_BATCHES_IN_FLIGHT = 2
 # Concurrent polls and attempts wait for one of these rather than opening more.
 REDIS_CONNECTIONS = 64
+# While every batch slot is taken, check this often whether the worker stops.
+SLOT_WAIT_S = 0.1
+# After the shutdown grace, wait this long for cancelled work to unwind.
+CANCEL_WAIT_S = 2.0
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None
@@ -91,6 +95,7 @@ class Runtime:
         )
         self._thread.start()
         self._slots = threading.BoundedSemaphore(MAX_BATCHES_IN_FLIGHT)
+        self._stopping = threading.Event()
         self.run(self._open())
 
     async def _open(self) -> None:
@@ -130,11 +135,15 @@ class Runtime:
 
         The RQ job returns as soon as its batch is running, so RQ fetches the
         next batch while this one waits on the network. At most
-        ``MAX_BATCHES_IN_FLIGHT`` run at once; past that the call blocks. A
-        batch lost with the process is safe: its claims expire and the work
-        becomes due again.
+        ``MAX_BATCHES_IN_FLIGHT`` run at once; past that the call blocks. Once
+        the worker stops taking batches, the batch is dropped unstarted and
+        its claim is released at shutdown. A batch lost with the process is
+        safe too: its claims expire and the work becomes due again.
         """
-        self._slots.acquire()
+        if not self._take_slot():
+            coroutine.close()
+            log.info("batch.skipped", batch=batch, reason="worker stopping")
+            return
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
         def release(done: concurrent.futures.Future[object]) -> None:
@@ -144,14 +153,25 @@ class Runtime:
 
         future.add_done_callback(release)
 
+    def _take_slot(self) -> bool:
+        """Take a batch slot, or return False once the worker stops."""
+        while not self._stopping.is_set():
+            if self._slots.acquire(timeout=SLOT_WAIT_S):
+                return True
+        return False
+
+    def stop_taking_batches(self) -> None:
+        """Make ``hand_off`` drop new batches. Signal handlers may call this."""
+        self._stopping.set()
+
     def drain(self, timeout_s: float) -> bool:
         """Wait until no batch is in flight; return False on timeout."""
         deadline = time.monotonic() + timeout_s
         acquired_slots = 0
         try:
             while acquired_slots < MAX_BATCHES_IN_FLIGHT:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._slots.acquire(timeout=left):
+                left_s = max(0.0, deadline - time.monotonic())
+                if not self._slots.acquire(timeout=left_s):
                     return False
                 acquired_slots += 1
             return True
@@ -166,20 +186,48 @@ class Runtime:
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         return future.result(timeout_s)
 
-    def close(self) -> None:
-        """Let running batches finish, close the clients, stop the loop thread."""
-        if not self.drain(timeout_s=self.settings.lease_s / 2):
-            log.warning("runtime.batches_abandoned")
+    def close(self, deadline: float | None = None) -> None:
+        """Let running work finish until ``deadline``, cancel the rest, close.
+
+        ``deadline`` is a ``time.monotonic()`` value, by default the shutdown
+        grace from now. Cancelled polls and attempts leave their claims in
+        place, so the caller releases them afterwards.
+        """
+        if deadline is None:
+            deadline = time.monotonic() + self.settings.shutdown_grace_s
+        self.stop_taking_batches()
+        finished = self.drain(deadline - time.monotonic())
+        if finished:
+            finished = self.run(self._wait_attempts(deadline - time.monotonic()))
+        if not finished:
+            cancelled = self.run(self._cancel_all(), CANCEL_WAIT_S + 5)
+            log.warning("runtime.work_cancelled", tasks=cancelled)
         try:
-            self.run(self._close(), timeout_s=self.settings.lease_s / 2 + 10)
+            self.run(self._close(), timeout_s=CANCEL_WAIT_S + 5)
         except TimeoutError:
-            # Unfinished attempts are sent again once their leases run out.
             log.warning("runtime.close_timed_out")
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
 
+    async def _wait_attempts(self, timeout_s: float) -> bool:
+        """Wait for the running webhook attempts, or return False on timeout."""
+        if not self.deliverer.tasks:
+            return True
+        tasks = set(self.deliverer.tasks)
+        _, pending = await asyncio.wait(tasks, timeout=max(0.0, timeout_s))
+        return not pending
+
+    async def _cancel_all(self) -> int:
+        """Cancel every task on the loop, including polls a cancelled batch left."""
+        current = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CANCEL_WAIT_S)
+        return len(tasks)
+
     async def _close(self) -> None:
-        await asyncio.wait_for(self.deliverer.wait_idle(), self.settings.lease_s / 2)
         await self.upstream_http.aclose()
         await self.webhook_http.aclose()
         await self.redis.aclose()
@@ -203,10 +251,10 @@ def install_runtime(runtime: Runtime) -> None:
         _runtime = runtime
 
 
-def close_runtime() -> None:
-    """Close this process's runtime if one was created."""
+def close_runtime(deadline: float | None = None) -> None:
+    """Close this process's runtime, if one was created, as ``Runtime.close``."""
     global _runtime
     with _lock:
         if _runtime is not None:
-            _runtime.close()
+            _runtime.close(deadline)
             _runtime = None

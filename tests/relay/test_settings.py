@@ -254,6 +254,21 @@ def test_lease_above_twice_timeout_accepted() -> None:
     assert settings.lease_s == 20.5
 
 
+def test_shutdown_grace_must_be_below_lease() -> None:
+    message = settings_error({"RELAY_LEASE_S": "40", "RELAY_SHUTDOWN_GRACE_S": "40"})
+
+    assert message.startswith("RELAY_SHUTDOWN_GRACE_S")
+    assert "(40 s)" in message
+    assert "got 40" in message
+
+
+def test_shutdown_grace_defaults_below_lease() -> None:
+    settings = Settings.from_env({})
+
+    assert settings.shutdown_grace_s == 20
+    assert settings.shutdown_grace_s < settings.lease_s
+
+
 # Secret and the per-command requirements
 
 

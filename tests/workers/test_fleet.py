@@ -56,7 +56,8 @@ def test_lease_expiry_repolls_claimed_tracker(
     # Claim the tracker as a worker would, then never finish: a dead worker.
     claim = redis_client.register_script(lua.CLAIM)
     deadline = time.monotonic() + 5
-    while not claim(keys=[f"{PREFIX}schedule:poll"], args=[10, 2.0])[1:]:
+    # The reply is the wait, the lease score, then the claimed members.
+    while not claim(keys=[f"{PREFIX}schedule:poll"], args=[10, 2.0])[2:]:
         assert time.monotonic() < deadline, "tracker never became due"
         time.sleep(0.01)
     claimed_at = time.time()
