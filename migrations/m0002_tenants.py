@@ -1,5 +1,5 @@
-"""Version 2: tenants, an index of each tenant's registrations, and trackers
-that list their registrations in their own hash.
+"""Version 2: tenants, an index of each tenant's registrations, trackers that
+list their registrations in their own hash, and counts of trackers by status.
 
 Registrations written by version 1 all belong to the tenant ``default``. This
 step adds each one to ``idx:regs:default`` and sets that tenant's count of
@@ -39,6 +39,11 @@ def apply(client: redis.Redis, keys: Keys) -> None:
     if active or client.exists(keys.tenant(DEFAULT_TENANT)):
         client.hset(keys.tenant(DEFAULT_TENANT), "active", active)
     _fold_tracker_sets(client, keys)
+    # Version 1 trackers record no status, so they count as unknown until
+    # their next poll.
+    trackers = client.zcard(keys.poll_schedule)
+    if trackers:
+        client.hset(keys.stats("tracked"), "unknown", trackers)
 
 
 def _fold_tracker_sets(client: redis.Redis, keys: Keys) -> None:

@@ -19,7 +19,6 @@ import structlog
 from litestar import Litestar, Request, Response, Router, delete, get, post, put
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
-from litestar.enums import ScopeType
 from litestar.exceptions import (
     HTTPException,
     NotAuthorizedException,
@@ -33,7 +32,6 @@ from litestar.status_codes import (
     HTTP_202_ACCEPTED,
     HTTP_204_NO_CONTENT,
 )
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay import keys as keyspace
 from relay import metrics as relay_metrics
@@ -41,6 +39,7 @@ from relay import openapi, problems, views
 from relay.auth import Authenticator, Caller
 from relay.errors import StoreUnavailableError
 from relay.events import rfc3339_ms
+from relay.http_observe import HttpMetrics, observe_requests
 from relay.idempotency import HEADER as IDEMPOTENCY_HEADER
 from relay.idempotency import Idempotency, check_key
 from relay.registrations import (
@@ -174,10 +173,15 @@ async def _register(
 ) -> tuple[views.Registration, int]:
     settings: Settings = state.settings
     store: Store = state.store
-    request = validate(
-        data.job_id, data.callback_url, data.events, data.metadata, settings
-    )
-    await check_callback_addresses(request.callback_url, settings, state.resolver)
+    try:
+        request = validate(
+            data.job_id, data.callback_url, data.events, data.metadata, settings
+        )
+        await check_callback_addresses(request.callback_url, settings, state.resolver)
+    except InputError as exc:
+        log.info("registration.invalid", field=exc.field, tenant=caller.tenant)
+        await store.count("registrations", {"invalid": 1})
+        raise
     result = await store.register(
         new_registration_id(),
         request,
@@ -537,8 +541,12 @@ async def healthz() -> dict[str, str]:
     responses=openapi.problems(503),
 )
 async def metrics(state: State) -> str:
-    """Return fleet-wide metrics in the Prometheus text format."""
-    return await relay_metrics.render(state.store)
+    """Return fleet-wide metrics in the Prometheus text format.
+
+    When Redis is unreachable the page still answers 200, with
+    ``relay_redis_up 0`` and this process's own request metrics.
+    """
+    return await relay_metrics.render(state.store, state.http_metrics)
 
 
 @get(
@@ -571,37 +579,6 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
 def logs_requests(settings: Settings) -> bool:
     """Return whether the log level lets the per-request INFO line through."""
     return settings.log_level in ("DEBUG", "INFO")
-
-
-def access_log(app: ASGIApp) -> ASGIApp:
-    """Middleware: one log line per HTTP request, without headers or query."""
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-        structlog.contextvars.clear_contextvars()
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await app(scope, receive, send_wrapper)
-        finally:
-            log.info(
-                "http.request",
-                method=scope["method"],
-                path=scope["path"],
-                status_code=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 1),
-            )
-
-    return middleware
 
 
 def create_app(settings: Settings, resolver: Resolver | None = None) -> Litestar:
@@ -644,6 +621,7 @@ def create_app(settings: Settings, resolver: Resolver | None = None) -> Litestar
     )
     store = Store(client, settings.key_prefix, settings.retention_s)
     tenants = Tenants(client, store.keys, settings.encryption_keys)
+    http_metrics = HttpMetrics()
     default_cred = keyspace.credential_id(settings.modelgates_api_key.reveal())
     return Litestar(
         route_handlers=[v1, healthz, readyz, metrics],
@@ -664,12 +642,13 @@ def create_app(settings: Settings, resolver: Resolver | None = None) -> Litestar
                     settings.tenant_max_active,
                 ),
                 "resolver": resolver or resolve_host,
+                "http_metrics": http_metrics,
             }
         ),
         exception_handlers=problems.HANDLERS,
         # The middleware only writes an INFO line, so it is left out when
         # INFO is filtered: it cost about a tenth of a request's CPU.
-        middleware=[access_log] if logs_requests(settings) else [],
+        middleware=[observe_requests(http_metrics, logs_requests(settings))],
         request_max_body_size=settings.max_body_bytes,
         on_shutdown=[close_redis],
         openapi_config=openapi.openapi_config(),

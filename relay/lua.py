@@ -26,7 +26,7 @@ end
 """
 
 # KEYS: dedupe, registration, tracker, poll schedule, schema, registration
-#       counters, tenant, tenant index, key rate bucket
+#       counters, tenant, tenant index, key rate bucket, tracker states
 # ARGV: registration ID, tracker ID, first delay s, deadline s, schema version,
 #       rate per s (0 = no limit), burst, active cap (0 = no cap), '1' when
 #       the registration wants video.status_changed, then field pairs
@@ -81,6 +81,7 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
     'interval_s', ARGV[3], 'created_at_ms', now_ms,
     'deadline_ms', now_ms + math.floor(tonumber(ARGV[4]) * 1000))
   redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[2])
+  redis.call('HINCRBY', KEYS[10], 'unknown', 1)
 end
 if ARGV[9] == '1' then redis.call('HSET', KEYS[3], 'wants_status', 1) end
 redis.call('HSET', KEYS[3], 'r:' .. ARGV[1], 1)
@@ -132,9 +133,10 @@ return released
 """
 )
 
-# KEYS: tracker, poll schedule
+# KEYS: tracker, poll schedule, tracker states
 # ARGV: tracker ID, delay s, then field pairs
-# A tracker that was deleted meanwhile stays deleted.
+# A tracker that was deleted meanwhile stays deleted. A 'status' field moves
+# the tracker between the counts of upstream statuses in 'tracker states'.
 TRACKER_UPDATE = (
     _NOW
     + """
@@ -143,7 +145,19 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
 local fields = {'last_polled_at_ms', now_ms}
-for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+local status = nil
+for i = 3, #ARGV, 2 do
+  fields[#fields + 1] = ARGV[i]
+  fields[#fields + 1] = ARGV[i + 1]
+  if ARGV[i] == 'status' then status = ARGV[i + 1] end
+end
+if status then
+  local old = redis.call('HGET', KEYS[1], 'status') or 'unknown'
+  if old ~= status then
+    redis.call('HINCRBY', KEYS[3], old, -1)
+    redis.call('HINCRBY', KEYS[3], status, 1)
+  end
+end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('HINCRBY', KEYS[1], 'polls', 1)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
@@ -151,16 +165,19 @@ return 1
 """
 )
 
-# KEYS: tracker, poll schedule, deliver schedule, then for each
-#       registration: its key, its event's key, its tenant
+# KEYS: tracker, poll schedule, deliver schedule, tracker states, then for
+#       each registration: its key, its event's key, its tenant
 # ARGV: tracker ID, event type, snapshot JSON, polls, reason, retention s, n,
 #       then for each registration: ID, event ID ('' when filtered out), body
 # Returns -1 when a registration joined after the caller read the set. The
-# caller then reads again. Otherwise it returns the number of events created.
+# caller then reads again. Returns -2 when the tracker is gone, because
+# another worker finished it. Otherwise it returns the number of events
+# created.
 TRACKER_FINISH = (
     _NOW
     + _SERVED
     + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
 local retention = tonumber(ARGV[6])
 local n = tonumber(ARGV[7])
 local provided = {}
@@ -170,9 +187,9 @@ for _, member in ipairs(served(KEYS[1])) do
 end
 local created = 0
 for i = 0, n - 1 do
-  local reg_key = KEYS[4 + i * 3]
-  local event_key = KEYS[5 + i * 3]
-  local tenant_key = KEYS[6 + i * 3]
+  local reg_key = KEYS[5 + i * 3]
+  local event_key = KEYS[6 + i * 3]
+  local tenant_key = KEYS[7 + i * 3]
   local reg_id = ARGV[8 + i * 3]
   local event_id = ARGV[9 + i * 3]
   if redis.call('HGET', reg_key, 'state') == 'tracking' then
@@ -199,6 +216,8 @@ for i = 0, n - 1 do
     end
   end
 end
+local status = redis.call('HGET', KEYS[1], 'status') or 'unknown'
+redis.call('HINCRBY', KEYS[4], status, -1)
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return created
@@ -242,6 +261,8 @@ return created
 #       tenant
 # ARGV: event ID, attempt JSON, outcome (delivered|retry|exhausted|gone),
 #       delay s, attempts kept, retention s
+# Returns {changed (0 or 1), ms since the event was created}; the second is
+# 0 unless the event reached a final outcome.
 # Only a pending event changes, so a late or repeated attempt cannot undo a
 # delivery or revive a deleted registration's event. Delivered and gone
 # events expire after the retention; exhausted ones stay for redelivery.
@@ -252,7 +273,7 @@ EVENT_RECORD = (
     + """
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then
   redis.call('ZREM', KEYS[3], ARGV[1])
-  return 0
+  return {0, 0}
 end
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'last_attempt_at_ms', now_ms)
@@ -261,10 +282,12 @@ redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[5]) - 1)
 local outcome = ARGV[3]
 if outcome == 'retry' then
   redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
-  return 1
+  return {1, 0}
 end
 redis.call('HSET', KEYS[1], 'state', outcome, 'finished_at_ms', now_ms)
 redis.call('ZREM', KEYS[3], ARGV[1])
+local created_ms = redis.call('HGET', KEYS[1], 'created_at_ms') or now_ms
+local since_ms = now_ms - tonumber(created_ms)
 local terminal = redis.call('HGET', KEYS[1], 'kind') ~= 'progress'
 local retention = tonumber(ARGV[6])
 if not terminal then
@@ -272,7 +295,7 @@ if not terminal then
   -- the retention period, whatever its outcome.
   redis.call('EXPIRE', KEYS[1], retention)
   redis.call('EXPIRE', KEYS[4], retention)
-  return 1
+  return {1, since_ms}
 end
 if outcome == 'exhausted' then redis.call('SADD', KEYS[5], ARGV[1]) end
 local reg_state = redis.call('HGET', KEYS[2], 'state')
@@ -287,13 +310,13 @@ if outcome ~= 'exhausted' then
   end
   if dedupe_key then redis.call('EXPIRE', dedupe_key, retention) end
 end
-return 1
+return {1, since_ms}
 """
 )
 
 # KEYS: dedupe, registration, tracker, poll schedule, event, deliver
 #       schedule, attempts, exhausted index, tenant, tenant index, status
-#       event, status event attempts
+#       event, status event attempts, tracker states
 # ARGV: registration ID, tracker ID, event ID, tenant index member, status
 #       event ID
 # Removes a registration and its event; its tracker goes too when no
@@ -312,6 +335,8 @@ redis.call('SREM', KEYS[8], ARGV[3])
 redis.call('ZREM', KEYS[10], ARGV[4])
 redis.call('HDEL', KEYS[3], 'r:' .. ARGV[1])
 if redis.call('EXISTS', KEYS[3]) == 1 and #served(KEYS[3]) == 0 then
+  local status = redis.call('HGET', KEYS[3], 'status') or 'unknown'
+  redis.call('HINCRBY', KEYS[13], status, -1)
   redis.call('DEL', KEYS[3])
   redis.call('ZREM', KEYS[4], ARGV[2])
 end
@@ -349,11 +374,13 @@ return {granted, tostring(wait)}
 # KEYS: pause
 # ARGV: pause ms
 # Extends a key's pause; a shorter Retry-After never cuts a longer one short.
+# Returns 1 when it started or extended the pause, 0 otherwise.
 PAUSE = """
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+  return 1
 end
-return 1
+return 0
 """
 
 # KEYS: schedule

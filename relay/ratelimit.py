@@ -40,9 +40,13 @@ class RateLimiter:
             )
         return int(granted), float(wait_s)
 
-    async def pause(self, cred: str, seconds: float) -> None:
-        """Stop every worker's polls with this key for ``seconds``."""
+    async def pause(self, cred: str, seconds: float) -> bool:
+        """Stop every worker's polls with this key for ``seconds``.
+
+        Returns whether this call started or lengthened the pause.
+        """
         async with translate_errors():
-            await self._pause(
+            started = await self._pause(
                 keys=[self.keys.pause(cred)], args=[max(1, int(seconds * 1000))]
             )
+        return bool(started)

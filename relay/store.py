@@ -27,6 +27,7 @@ from relay.registrations import (
     status_event_id_for,
     wants_status_changes,
 )
+from relay.stats import WINDOW_TTL_S, StatsBatch
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,7 @@ class Store:
                     keys.tenant(tenant),
                     keys.tenant_registrations(tenant),
                     keys.key_rate_limit(key_id),
+                    keys.stats("tracked"),
                 ],
                 args=args,
             )
@@ -363,6 +365,7 @@ class Store:
                     keys.tenant_registrations(registration["tenant"]),
                     keys.event(status_event_id),
                     keys.attempts(status_event_id),
+                    keys.stats("tracked"),
                 ],
                 args=[
                     registration_id,
@@ -389,7 +392,11 @@ class Store:
                 for name, value in update.fields.items():
                     args += [name, value]
                 await self._tracker_update(
-                    keys=[keys.tracker(update.tracker_id), keys.poll_schedule],
+                    keys=[
+                        keys.tracker(update.tracker_id),
+                        keys.poll_schedule,
+                        keys.stats("tracked"),
+                    ],
                     args=args,
                     client=pipe,
                 )
@@ -448,6 +455,7 @@ class Store:
             keys.tracker(tracker_id),
             keys.poll_schedule,
             keys.deliver_schedule,
+            keys.stats("tracked"),
         ]
         args: list[Any] = [
             tracker_id,
@@ -494,10 +502,14 @@ class Store:
         outcome: str,
         delay_s: float = 0.0,
         tenant: str = "default",
-    ) -> bool:
-        """Store one delivery attempt and move the event on by ``outcome``."""
+    ) -> tuple[bool, int]:
+        """Store one delivery attempt and move the event on by ``outcome``.
+
+        Returns whether the event changed and, for a final outcome, the
+        milliseconds since the event was created, by Redis's clock.
+        """
         async with translate_errors():
-            changed = await self._event_record(
+            changed, since_ms = await self._event_record(
                 keys=self._event_keys(event_id, registration_id, tenant),
                 args=[
                     event_id,
@@ -508,7 +520,7 @@ class Store:
                     self.retention_s,
                 ],
             )
-        return bool(changed)
+        return bool(changed), int(since_ms)
 
     def _event_keys(
         self, event_id: str, registration_id: str, tenant: str
@@ -541,6 +553,29 @@ class Store:
         async with translate_errors(), self.client.pipeline(transaction=False) as pipe:
             for field, amount in counts.items():
                 pipe.hincrby(self.keys.stats(name), field, amount)
+            await pipe.execute()
+
+    async def record(self, batch: StatsBatch) -> None:
+        """Write a batch of counts, sums and observations in one pipeline."""
+        if not batch:
+            return
+        keys = self.keys
+        async with translate_errors(), self.client.pipeline(transaction=False) as pipe:
+            for (name, label), amount in batch.counts.items():
+                pipe.hincrby(keys.stats(name), label, amount)
+            for (name, label), total in batch.sums.items():
+                pipe.hincrbyfloat(keys.stats(name), label, total)
+            for name, buckets, total, count in batch.histogram_fields():
+                key = keys.stats(f"hist:{name}")
+                for bucket, amount in buckets.items():
+                    pipe.hincrby(key, bucket, amount)
+                pipe.hincrbyfloat(key, "sum", total)
+                pipe.hincrby(key, "count", count)
+            if batch.window:
+                key = keys.stats(f"minute:{batch.minute()}")
+                for label, amount in batch.window.items():
+                    pipe.hincrby(key, label, amount)
+                pipe.expire(key, WINDOW_TTL_S)
             await pipe.execute()
 
     async def counters(self, name: str) -> dict[str, int]:

@@ -17,6 +17,7 @@ from relay import signing
 from relay.crypto import SealError
 from relay.safe_transport import BlockedAddressError
 from relay.settings import Secret, Settings
+from relay.stats import StatsBatch
 from relay.store import Store
 from relay.upstream import parse_retry_after
 from workers.keychain import Keychain
@@ -251,12 +252,21 @@ async def _record(
     # Only a pending event changes, so a repeated attempt is neither counted
     # nor logged twice: an exhausted event logs one ERROR line.
     tenant = row.get(b"tenant", b"default").decode()
-    if not await store.record_attempt(
+    changed, since_ms = await store.record_attempt(
         event_id, registration_id, attempt, outcome, delay_s, tenant
-    ):
+    )
+    if not changed:
         return "stale"
     status_class = f"{status_code // 100}xx" if status_code else "none"
-    await store.count("attempts", {f"{outcome}:{status_class}": 1})
+    stats = StatsBatch()
+    stats.count("attempts", f"{outcome}:{status_class}")
+    stats.observe("delivery_duration", attempt["duration_ms"] / 1000)
+    stats.tick("deliveries")
+    if outcome != "delivered":
+        stats.tick("deliveries_failed")
+    elif row.get(b"kind", b"terminal") != b"progress":
+        stats.observe("end_to_end", since_ms / 1000)
+    await store.record(stats)
     fields = {
         "event_id": event_id,
         "registration_id": registration_id,

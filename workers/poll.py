@@ -20,6 +20,7 @@ from relay.registrations import (
     status_event_id_for,
 )
 from relay.settings import Secret, Settings
+from relay.stats import StatsBatch, status_class
 from relay.store import NewEvent, Store, TrackerUpdate
 from relay.upstream import Outcome
 from workers.runtime import Poller, get_runtime
@@ -29,6 +30,8 @@ log = structlog.get_logger(__name__)
 # Growth starts from at least this interval, so a zero first delay still backs off.
 MIN_INTERVAL_S = 0.1
 FINISH_RETRIES = 5
+# Outcomes of a batch that sent no request; the others are counted by response.
+NOT_SENT = frozenset({"deferred", "deadline", "gone", "crashed", "no_key"})
 # A batch waits at most this long for tokens; later polls go back on the schedule.
 BUDGET_WAIT_S = 5.0
 
@@ -58,16 +61,20 @@ async def poll_trackers(poller: Poller, tracker_ids: list[str]) -> dict[str, int
     for tracker_id, tracker in zip(tracker_ids, trackers, strict=True):
         by_cred[tracker_id.split(":", 1)[0]].append((tracker_id, tracker))
 
+    stats = StatsBatch()
     groups = await asyncio.gather(
         *(
-            _poll_within_budget(poller, cred, items, now_ms)
+            _poll_within_budget(poller, cred, items, now_ms, stats)
             for cred, items in by_cred.items()
         )
     )
     counts: Counter[str] = Counter()
     for group in groups:
         counts.update(group)
-    await poller.store.count("polls", counts)
+    for label, amount in counts.items():
+        if label in NOT_SENT:
+            stats.count("polls", f"{label}:none", amount)
+    await poller.store.record(stats)
     log.info(
         "poll.batch_finished",
         size=len(tracker_ids),
@@ -82,6 +89,7 @@ async def _poll_within_budget(
     cred: str,
     items: list[tuple[str, dict[str, str] | None]],
     now_ms: int,
+    stats: StatsBatch,
 ) -> Counter[str]:
     """Poll one key's trackers as its token bucket allows; defer the rest."""
     try:
@@ -99,7 +107,9 @@ async def _poll_within_budget(
     while waiting:
         granted, wait_s = await poller.limiter.acquire(cred, len(waiting))
         for tracker_id, tracker in waiting[:granted]:
-            polling = _poll_one(poller, tracker_id, tracker, updates, now_ms, api_key)
+            polling = _poll_one(
+                poller, tracker_id, tracker, updates, now_ms, api_key, stats
+            )
             task = asyncio.create_task(polling)
             tasks.append((tracker_id, task))
         waiting = waiting[granted:]
@@ -133,6 +143,7 @@ async def _poll_one(
     updates: list[TrackerUpdate],
     now_ms: int,
     api_key: Secret | None,
+    stats: StatsBatch,
 ) -> str:
     """Poll one tracker; ``now_ms`` is Redis's clock when the batch began."""
     store = poller.store
@@ -159,7 +170,16 @@ async def _poll_one(
         )
         return "no_key"
 
+    started = time.perf_counter()
     outcome = await poller.modelgates.poll(job_id, api_key)
+    stats.observe("upstream_request_duration", time.perf_counter() - started)
+    response_class = (
+        "network" if outcome.status_code is None else status_class(outcome.status_code)
+    )
+    stats.count("polls", f"{outcome.kind}:{response_class}")
+    stats.tick("polls")
+    if outcome.kind in ("error", "transient"):
+        stats.tick("poll_errors")
     log.debug(
         "poll.finished",
         job_id=job_id,
@@ -171,7 +191,9 @@ async def _poll_one(
         pause_s = outcome.retry_after_s
         if pause_s is None:
             pause_s = poller.settings.upstream_pause_s
-        await poller.limiter.pause(tracker_id.split(":", 1)[0], pause_s)
+        stats.count("upstream", "throttled")
+        if await poller.limiter.pause(tracker_id.split(":", 1)[0], pause_s):
+            stats.count("upstream", "pauses")
         log.warning("poll.paused", job_id=job_id, pause_s=pause_s)
     if outcome.kind == "terminal":
         event_type = events.EVENT_FOR_STATUS[outcome.snapshot["status"]]
@@ -198,12 +220,13 @@ async def _continue(
         fields["last_status_code"] = outcome.status_code
 
     if outcome.kind == "running":
+        status = outcome.snapshot.get("status")
         fields |= {
             "errors": 0,
             "snapshot": json.dumps(outcome.snapshot),
             "last_error": "",
+            "status": status,
         }
-        status = outcome.snapshot.get("status")
         if (
             status == "in_progress"
             and tracker.get("wants_status")
@@ -319,8 +342,20 @@ async def finish(
             terminal_events,
             filtered,
         )
+        if created == -2:
+            log.info("tracker.finished_elsewhere", job_id=tracker_id.split(":", 1)[1])
+            return
         if created >= 0:
-            await store.count("events", {event_type: created} if created else {})
+            stats = StatsBatch()
+            if created:
+                stats.count("events", event_type, created)
+            cost = (snapshot.get("usage") or {}).get("cost")
+            if isinstance(cost, int | float) and cost > 0:
+                # Each tenant whose registration waited on this job pays for
+                # it once, however many registrations it had.
+                for tenant in {r["tenant"] for r in registrations}:
+                    stats.add("cost", tenant, float(cost))
+            await store.record(stats)
             log.info(
                 "tracker.finished",
                 job_id=tracker_id.split(":", 1)[1],

@@ -222,6 +222,7 @@ def write_version_1(client: redis.Redis) -> None:
         )
     client.hset(f"{PREFIX}tracker:{tracker}", mapping={"polls": 3, "errors": 0})
     client.sadd(f"{PREFIX}tracker:{tracker}:regs", "reg_old1", "reg_old2")
+    client.zadd(f"{PREFIX}schedule:poll", {tracker: 1.0})
     # A version 1 tracker whose job ID happens to end in ':regs'.
     client.hset(f"{PREFIX}tracker:abcdef0123456789:x:regs", mapping={"polls": 1})
 
@@ -245,3 +246,4 @@ def test_version_2_indexes_and_folds_version_1_keys(
     ]
     odd = f"{PREFIX}tracker:abcdef0123456789:x:regs"
     assert redis_client.hgetall(odd) == {b"polls": b"1"}
+    assert redis_client.hget(f"{PREFIX}stats:tracked", "unknown") == b"1"

@@ -696,5 +696,40 @@ def test_metrics_count_fleet_outcomes(api: httpx.Client) -> None:
     assert response.headers["content-type"].startswith("text/plain")
     assert 'relay_registrations_total{result="created"} 1' in response.text
     assert 'relay_registrations_total{result="reused"} 1' in response.text
-    assert "relay_tracked_jobs 1" in response.text
+    assert 'relay_tracked_jobs{state="unknown"} 1' in response.text
+    assert 'relay_tracked_jobs{state="pending"} 0' in response.text
     assert "relay_exhausted_webhooks 0" in response.text
+    assert "relay_redis_up 1" in response.text
+    assert (
+        'relay_http_requests_total{method="POST",route="/v1/registrations",'
+        'status_class="2xx"} 2'
+    ) in response.text
+
+
+def test_metrics_count_invalid_registrations(api: httpx.Client) -> None:
+    create(api, job_id="")
+
+    response = api.get("/metrics")
+
+    assert 'relay_registrations_total{result="invalid"} 1' in response.text
+
+
+def test_metrics_answer_without_redis(api_without_redis: httpx.Client) -> None:
+    api_without_redis.get(f"{REGISTRATIONS}/reg_missing")
+
+    response = api_without_redis.get("/metrics")
+
+    assert response.status_code == 200
+    assert "relay_redis_up 0" in response.text
+    assert "relay_http_requests_total{" in response.text
+    assert "relay_tracked_jobs" not in response.text
+
+
+def test_responses_carry_a_request_id(api: httpx.Client) -> None:
+    own = api.get("/healthz", headers={"x-request-id": "client-id-1"})
+    made = api.get("/healthz")
+    unusable = api.get("/healthz", headers={"x-request-id": "bad id with spaces"})
+
+    assert own.headers["x-request-id"] == "client-id-1"
+    assert len(made.headers["x-request-id"]) == 16
+    assert unusable.headers["x-request-id"] != "bad id with spaces"
