@@ -82,6 +82,12 @@ def _demo(settings: Settings, args: argparse.Namespace) -> None:
     sys.exit(demo.run())
 
 
+def _status(settings: Settings, args: argparse.Namespace) -> None:
+    from relay import status
+
+    print(status.run(settings, args.json))
+
+
 def _secret(settings: Settings, args: argparse.Namespace) -> None:
     if args.encryption_key:
         from relay.crypto import new_key_text
@@ -138,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         run=_migrate
     )
     admin_cli.add_commands(commands, admin_cli.run_admin)
+    status = commands.add_parser(
+        "status", help="show workers, tracked jobs, backlog and the last hour"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(run=_status)
     simulate = commands.add_parser("simulate", help="serve a ModelGates simulator")
     simulate.add_argument("--host", default="127.0.0.1", help="address to listen on")
     simulate.add_argument("--port", type=int, default=8090, help="port to listen on")

@@ -200,6 +200,7 @@ for i = 0, n - 1 do
       redis.call('HSET', event_key, 'id', event_id, 'registration_id', reg_id,
         'callback_url', redis.call('HGET', reg_key, 'callback_url'),
         'tenant', redis.call('HGET', reg_key, 'tenant') or 'default',
+        'job_id', redis.call('HGET', reg_key, 'job_id'),
         'dedupe_key', dedupe_key,
         'type', ARGV[2], 'body', ARGV[10 + i * 3], 'attempts', 0,
         'state', 'pending', 'created_at_ms', now_ms)
@@ -246,6 +247,7 @@ for i = 0, tonumber(ARGV[2]) - 1 do
       'registration_id', ARGV[3 + i * 3],
       'callback_url', redis.call('HGET', reg_key, 'callback_url'),
       'tenant', redis.call('HGET', reg_key, 'tenant') or 'default',
+      'job_id', redis.call('HGET', reg_key, 'job_id'),
       'kind', 'progress', 'type', 'video.status_changed',
       'body', ARGV[5 + i * 3], 'attempts', 0, 'state', 'pending',
       'created_at_ms', now_ms)

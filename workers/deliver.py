@@ -155,7 +155,12 @@ class Deliverer:
         if not secrets:
             # Without a secret nothing can be signed: wait for the operator's
             # fix rather than spend the event's attempts.
-            log.error("webhook.no_signing_secret", event_id=event_id, tenant=tenant)
+            log.error(
+                "webhook.no_signing_secret",
+                event_id=event_id,
+                registration_id=row[b"registration_id"].decode(),
+                tenant=tenant,
+            )
             await self.store.defer_deliveries([event_id], SECRET_RETRY_S)
             return "deferred"
         async with slots:
@@ -270,6 +275,7 @@ async def _record(
     fields = {
         "event_id": event_id,
         "registration_id": registration_id,
+        "job_id": row.get(b"job_id", b"").decode() or None,
         "attempt": attempt["attempt"],
         "status_code": status_code,
         "duration_ms": attempt["duration_ms"],

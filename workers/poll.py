@@ -128,7 +128,12 @@ async def _poll_within_budget(
             counts[await task] += 1
         except Exception as exc:  # noqa: BLE001 - one bad poll must not stop the batch
             # The tracker's lease runs out and it is polled again later.
-            log.error("poll.crashed", tracker_id=tracker_id, error=repr(exc))
+            log.error(
+                "poll.crashed",
+                job_id=tracker_id.split(":", 1)[1],
+                tracker_id=tracker_id,
+                error=repr(exc),
+            )
             counts["crashed"] += 1
 
     # One pipeline for the whole batch instead of a round trip per poll.
