@@ -8,6 +8,7 @@ import time
 import httpx
 
 from tests.conftest import SimulatorAdmin
+from tests.deploy.promql import catalogue
 from tests.receivers import WebhookReceiver
 from tests.workers.test_deliver import wait_for_state
 
@@ -72,3 +73,18 @@ def test_polls_deliveries_and_cost_reach_metrics(
     # No job ID or URL appears as a label value.
     assert job_id not in text
     assert not re.search(r'="https?://', text)
+
+
+def test_metrics_page_matches_the_catalogue(api: httpx.Client) -> None:
+    text = api.get("/metrics").text
+    served = {
+        line.split()[2]: line.split()[3]
+        for line in text.splitlines()
+        if line.startswith("# TYPE ")
+    }
+
+    documented = catalogue()
+
+    assert set(served) == set(documented)
+    for name, kind in served.items():
+        assert documented[name].startswith(kind), name
