@@ -209,6 +209,10 @@ def _split_callback_url(url: str) -> SplitResult:
             "callback_url",
             "callback_url must not contain whitespace or control characters",
         )
+    if url.count("[") != url.count("]") or url.count("[") > 1:
+        raise InputError(
+            "callback_url", "callback_url has unbalanced brackets; check the host"
+        )
     try:
         parts = urlsplit(url)
     except ValueError:

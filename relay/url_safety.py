@@ -81,9 +81,10 @@ def blocked_address_reason(
     if _is_allowed(address, allowed):
         return None
     if inner is not None:
+        # An address that carries an IPv4 address is judged by that address,
+        # so allowing 127.0.0.0/8 also allows ::ffff:127.0.0.1.
         inner_reason = blocked_address_reason(inner, allowed)
-        if inner_reason:
-            return f"{address} embeds {inner_reason}"
+        return f"{address} embeds {inner_reason}" if inner_reason else None
     if address in METADATA_ADDRESSES:
         return f"{address} is a cloud metadata address"
     if any(address in network for network in _EXTRA_BLOCKED):

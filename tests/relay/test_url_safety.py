@@ -257,3 +257,8 @@ def test_blocked_address_reason_accepts_iterator() -> None:
     reason = blocked_address_reason(ipaddress.ip_address("10.0.0.1"), allowed)
 
     assert reason is None
+
+
+def test_mapped_address_follows_its_ipv4_allowance() -> None:
+    assert blocked_host_reason("::ffff:127.0.0.1", networks("127.0.0.0/8")) is None
+    assert blocked_host_reason("::ffff:10.0.0.1", networks("127.0.0.0/8")) is not None
