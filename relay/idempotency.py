@@ -21,6 +21,8 @@ from relay.keys import Keys
 from relay.store import translate_errors
 
 CLAIM_S = 60
+# Rounds of claim-or-read before giving up on a key that keeps changing.
+CLAIM_TRIES = 3
 MAX_KEY_CHARS = 255
 HEADER = "idempotency-key"
 
@@ -80,13 +82,19 @@ class Idempotency:
         """
         fingerprint = _digest(body)
         claim = json.dumps({"state": "running", "request": fingerprint})
-        async with translate_errors():
-            if await self.client.set(key, claim, nx=True, ex=CLAIM_S):
-                return None
-            raw = await self.client.get(key)
-        if raw is None:
+        raw = None
+        for _ in range(CLAIM_TRIES):
+            async with translate_errors():
+                if await self.client.set(key, claim, nx=True, ex=CLAIM_S):
+                    return None
+                raw = await self.client.get(key)
+            if raw is not None:
+                break
             # The first request failed and released the key just now.
-            return await self.claim(key, body)
+        if raw is None:
+            raise IdempotencyError(
+                409, "this Idempotency-Key is changing hands; retry in a moment"
+            )
         stored = json.loads(raw)
         if stored["request"] != fingerprint:
             raise IdempotencyError(
