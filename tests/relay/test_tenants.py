@@ -10,6 +10,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -521,3 +522,24 @@ def test_modelgates_key_needs_a_json_body(
     response = acme.put("/v1/tenant/modelgates-key", content=b"api_key=x")
 
     assert response.status_code == 415
+
+
+def test_concurrent_idempotent_requests_create_one_registration(
+    api: httpx.Client,
+) -> None:
+    headers = {"idempotency-key": "race-1"}
+    body = {"job_id": "job-race", "callback_url": HOOK}
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        replies = list(
+            pool.map(
+                lambda _: api.post(REGISTRATIONS, json=body, headers=headers), range(8)
+            )
+        )
+
+    statuses = sorted(reply.status_code for reply in replies)
+    assert set(statuses) <= {201, 409}
+    assert statuses.count(201) >= 1
+    ids = {reply.json()["id"] for reply in replies if reply.status_code == 201}
+    assert len(ids) == 1
+    assert len(api.get(REGISTRATIONS).json()["data"]) == 1
