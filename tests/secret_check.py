@@ -11,6 +11,10 @@ shows at most six leading characters of each value.
 
 Output that tests capture themselves, such as ``subprocess.run`` with
 ``capture_output=True``, is test data and is not scanned.
+
+NOTE: a line that a server thread writes while pytest is between two phases
+of a test is not captured, so it goes to the terminal unscanned. The
+in-process API's ``http.request`` log lines sometimes do this.
 """
 
 from __future__ import annotations
