@@ -28,6 +28,7 @@ from relay.keys import Keys
 from relay.redis_server import RedisServer
 from relay.settings import Settings
 from relay.signing import generate_secret
+from tests import secret_check
 from tests.receivers import WebhookReceiver, running_receiver
 from tests.servers import serve_in_thread
 
@@ -52,6 +53,18 @@ TENANT_MODELGATES_KEY = "mg-tenant-key-xyz"
 ENCRYPTION_KEYS = new_key_text("test1")
 SIGNING_SECRET = generate_secret()
 PREFIX = "relay:"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The signing secret, API keys and signatures are found by their shape.
+    secret_check.install(
+        config,
+        {
+            "API token": [API_TOKEN],
+            "ModelGates key": [MODELGATES_KEY, TENANT_MODELGATES_KEY],
+            "encryption key": [ENCRYPTION_KEYS.partition(":")[2]],
+        },
+    )
 
 
 async def fake_resolver(host: str, port: int) -> list[str]:
@@ -189,7 +202,10 @@ WorkerFactory = Callable[..., subprocess.Popen[bytes]]
 
 @pytest.fixture
 def start_worker(
-    migrated: redis.Redis, env: dict[str, str], tmp_path: Path
+    migrated: redis.Redis,
+    env: dict[str, str],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> Iterator[WorkerFactory]:
     """Start ``relay worker`` subprocesses; their logs go to tmp_path."""
     processes: list[tuple[subprocess.Popen[bytes], Path]] = []
@@ -215,6 +231,7 @@ def start_worker(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        secret_check.scan_file(request, log_path)
         # Shown by pytest when the test fails.
         print(f"--- {log_path.name} ---\n{log_path.read_text()[-6000:]}")  # noqa: T201
 
