@@ -15,8 +15,11 @@ from relay.keys import Keys
 
 def apply(client: redis.Redis, keys: Keys) -> None:
     """Check that the prefix is empty before version 1 is recorded."""
+    # Running workers write their heartbeats and the sweep lock even while
+    # the keyspace has no version, for example after Redis restarted empty.
+    runtime_keys = {keys.schema, keys.workers, keys.sweep_lock}
     for key in client.scan_iter(match=f"{keys.prefix}*", count=1000):
-        if key.decode() != keys.schema:
+        if key.decode() not in runtime_keys:
             raise SchemaError(
                 f"prefix {keys.prefix!r} already holds keys (such as "
                 f"{key.decode()!r}) but no schema version; use an empty prefix "

@@ -23,6 +23,7 @@ from relay.crypto import SealError
 from relay.errors import RelayError
 from relay.keys import Keys
 from relay.settings import Settings
+from relay.store import translate_errors
 from relay.tenants import TenantError, Tenants
 
 Command = Callable[[Tenants, argparse.Namespace], Awaitable[None]]
@@ -97,7 +98,8 @@ async def _run(settings: Settings, command: Command, args: argparse.Namespace) -
 
 
 async def _check_schema(client: aioredis.Redis, keys: Keys) -> None:
-    raw = await client.get(keys.schema)
+    async with translate_errors():
+        raw = await client.get(keys.schema)
     # The synchronous check has the messages; it needs only the version.
     migrations.check_version(int(raw) if raw is not None else None, keys)
 

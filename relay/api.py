@@ -52,7 +52,7 @@ from relay.registrations import (
 from relay.safe_transport import Resolver, resolve_host
 from relay.settings import Settings
 from relay.store import Limits, PageQuery, Store, index_member
-from relay.tenants import Tenants
+from relay.tenants import Tenants, is_usable_modelgates_key
 
 log = structlog.get_logger(__name__)
 
@@ -459,7 +459,8 @@ async def read_tenant(request: Request[Any, Any, Any], state: State) -> views.Te
 @post(
     "/tenant/signing-secret",
     status_code=HTTP_201_CREATED,
-    responses=openapi.problems(400, 401, 409, 413, 503),
+    before_request=require_json,
+    responses=openapi.problems(400, 401, 409, 413, 415, 503),
 )
 async def rotate_signing_secret(
     data: JSONBody[views.SigningSecretRotate],
@@ -505,10 +506,10 @@ async def set_modelgates_key(
     """
     tenants: Tenants = state.tenants
     tenant = caller_of(request).tenant
-    if not data.api_key or len(data.api_key) > 512 or not data.api_key.isprintable():
+    if not is_usable_modelgates_key(data.api_key):
         raise InputError(
             "api_key",
-            "api_key must be 1 to 512 printable characters, without line breaks",
+            "api_key must be 1 to 512 printable ASCII characters without spaces",
         )
     await tenants.set_modelgates_key(tenant, data.api_key)
     state.authenticator.forget(tenant)

@@ -189,12 +189,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     except RelayError as exc:
         print(f"relay {args.command}: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except redis.ConnectionError as exc:
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
         print(
             f"relay {args.command}: error: cannot reach Redis at REDIS_URL "
             f"({type(exc).__name__}); start Redis or fix REDIS_URL",
             file=sys.stderr,
         )
         sys.exit(2)
+    except BrokenPipeError:
+        # The reader of our output went away, as with `relay keys list | head`.
+        sys.stderr.close()
+        sys.exit(0)
     except KeyboardInterrupt:
         sys.exit(130)

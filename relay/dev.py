@@ -171,6 +171,9 @@ def run(api_port: int) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Closing the terminal sends SIGHUP; the children run in their own
+    # process groups, so they would outlive relay dev without this.
+    signal.signal(signal.SIGHUP, stop)
     with running_stack(api_port) as stack:
         receiver = Receiver(
             stack.signing_secret,

@@ -188,6 +188,14 @@ def _checked_callback_url(
     reason = url_safety.blocked_host_reason(host, allowed)
     if reason:
         raise InputError("callback_url", f"callback_url host is not allowed: {reason}")
+    literal = url_safety.parse_literal(host)
+    if literal is not None and literal.version == 4 and str(literal) != host:
+        # Forms such as 0177.0.0.1 or 127.1 pass the address rules, but the
+        # HTTP client cannot send to them.
+        raise InputError(
+            "callback_url",
+            f"callback_url host must be written as {literal}, in dotted decimal",
+        )
     lookup = None
     if url_safety.parse_literal(host) is None and not url_safety.is_local_name(host):
         lookup = (host, parts.port or (443 if parts.scheme == "https" else 80))

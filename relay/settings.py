@@ -90,7 +90,7 @@ class Settings:
         """Build settings from ``environ`` (default ``os.environ``)."""
         env = _Reader(os.environ if environ is None else environ)
         settings = cls(
-            redis_url=env.text("REDIS_URL", cls.redis_url),
+            redis_url=_redis_url(env.text("REDIS_URL", cls.redis_url)),
             key_prefix=env.text("RELAY_KEY_PREFIX", cls.key_prefix),
             api_host=env.text("RELAY_API_HOST", cls.api_host),
             api_port=env.integer("RELAY_API_PORT", cls.api_port, low=1, high=65535),
@@ -362,3 +362,14 @@ def _base_url(raw: str) -> str:
             "fragment; put the key in MODELGATES_API_KEY"
         )
     return raw.rstrip("/")
+
+
+def _redis_url(url: str) -> str:
+    """Return ``url`` if redis-py can connect with it, else raise SettingsError."""
+    scheme = urlsplit(url).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(
+            "REDIS_URL must start with redis://, rediss:// or unix://, "
+            f"got scheme {scheme!r}"
+        )
+    return url

@@ -78,6 +78,16 @@ def key_id_of(api_key: str) -> str | None:
     return key_id
 
 
+def is_usable_modelgates_key(api_key: str) -> bool:
+    """Return whether a key can be sent in an ``Authorization`` header."""
+    return (
+        0 < len(api_key) <= 512
+        and api_key.isascii()
+        and api_key.isprintable()
+        and " " not in api_key
+    )
+
+
 def key_digest(api_key: str) -> str:
     """Return the stored form of an API key."""
     return hashlib.sha256(api_key.encode()).hexdigest()
@@ -242,9 +252,10 @@ class Tenants:
     async def set_modelgates_key(self, tenant: str, api_key: str) -> None:
         """Store the tenant's own ModelGates key, sealed; new registrations use it."""
         await self._require_own_secrets(tenant)
-        if not api_key or len(api_key) > 512 or not api_key.isprintable():
+        if not is_usable_modelgates_key(api_key):
             raise TenantError(
-                "the ModelGates key must be 1 to 512 printable characters"
+                "the ModelGates key must be 1 to 512 printable ASCII characters "
+                "without spaces"
             )
         cred = keyspace.credential_id(api_key)
         sealed = self.keyring.seal(api_key, _modelgates_context(cred))

@@ -171,6 +171,10 @@ class ModelGatesClient:
             return Outcome(
                 "transient", reason=f"connection failed: {type(exc).__name__}"
             )
+        except (ValueError, UnicodeError) as exc:
+            # A key httpx cannot put in a header, such as a non-ASCII one.
+            # The exception's text would quote it, so only its type is kept.
+            return Outcome("error", reason=f"request not sent: {type(exc).__name__}")
         if body is None:
             return Outcome("error", response.status_code, reason="body too large")
         return classify(job_id, response.status_code, response.headers, body)

@@ -132,8 +132,11 @@ class Deliverer:
                 del self.slots[host]
             if not done.cancelled() and done.exception() is not None:
                 # The event's lease runs out and it is attempted again later.
+                # The type only: an exception's text can quote headers.
                 log.error(
-                    "webhook.crashed", event_id=event_id, error=repr(done.exception())
+                    "webhook.crashed",
+                    event_id=event_id,
+                    error=type(done.exception()).__name__,
                 )
 
         task.add_done_callback(finished)
@@ -217,6 +220,10 @@ async def send(
         attempt["error"] = str(exc)
     except httpx.HTTPError as exc:
         attempt["error"] = f"request failed: {type(exc).__name__}"
+    except (ValueError, UnicodeError) as exc:
+        # httpx rejects some URLs that the API accepted (httpx.InvalidURL is
+        # not an HTTPError); the attempt fails and the schedule moves on.
+        attempt["error"] = f"request not sent: {type(exc).__name__}"
     attempt["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
     return attempt
 

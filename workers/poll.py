@@ -132,7 +132,8 @@ async def _poll_within_budget(
                 "poll.crashed",
                 job_id=tracker_id.split(":", 1)[1],
                 tracker_id=tracker_id,
-                error=repr(exc),
+                # The type only: an exception's text can quote the key.
+                error=type(exc).__name__,
             )
             counts["crashed"] += 1
 

@@ -247,3 +247,14 @@ def test_version_2_indexes_and_folds_version_1_keys(
     odd = f"{PREFIX}tracker:abcdef0123456789:x:regs"
     assert redis_client.hgetall(odd) == {b"polls": b"1"}
     assert redis_client.hget(f"{PREFIX}stats:tracked", "unknown") == b"1"
+
+
+def test_migrate_ignores_keys_that_running_workers_write(
+    redis_client: redis.Redis,
+) -> None:
+    redis_client.zadd(f"{PREFIX}workers", {"worker-1": 1.0})
+    redis_client.set(f"{PREFIX}lock:sweep", "1")
+
+    applied = migrations.migrate(redis_client, KEYS)
+
+    assert [step.version for step in applied] == [1, 2]

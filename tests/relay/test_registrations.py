@@ -337,3 +337,19 @@ def test_registration_ids_are_random() -> None:
 
 def test_event_id_for_reuses_suffix() -> None:
     assert event_id_for("reg_abc-_9") == "msg_abc-_9"
+
+
+@pytest.mark.parametrize(
+    ("url", "canonical"),
+    [
+        ("http://0177.0.0.1:9/", "127.0.0.1"),
+        ("http://127.000.000.001:9/", "127.0.0.1"),
+        ("http://127.1:9/", "127.0.0.1"),
+        ("http://1.2.3.04/", "1.2.3.4"),
+    ],
+)
+def test_check_callback_url_wants_dotted_decimal(url: str, canonical: str) -> None:
+    error = input_error(check_callback_url, url, LOOPBACK)
+
+    assert error.field == "callback_url"
+    assert f"written as {canonical}" in error.message

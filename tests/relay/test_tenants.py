@@ -501,7 +501,9 @@ def test_token_sent_with_api_token_stays_out_of_errors(api: httpx.Client) -> Non
     assert API_TOKEN not in response.text
 
 
-@pytest.mark.parametrize("value", ["", "x" * 513, "line\nbreak"])
+@pytest.mark.parametrize(
+    "value", ["", "x" * 513, "line\nbreak", "mg-ключ-1", "two words"]
+)
 def test_invalid_modelgates_key_is_refused(
     make_key: KeyMaker, client_for: ClientFor, value: str
 ) -> None:

@@ -333,3 +333,24 @@ def test_video_url_keeps_one_segment() -> None:
 
     assert url.host == "api.modelgates.test"
     assert url.raw_path == b"/api/v1/videos/x%3Ay%2Az"
+
+
+def test_poll_with_unsendable_key_is_an_error_without_the_key(
+    simulator_url: str,
+) -> None:
+    from relay.settings import Secret, Settings
+    from relay.upstream import ModelGatesClient
+
+    async def poll() -> Outcome:
+        settings = Settings(modelgates_base_url=simulator_url)
+        async with httpx.AsyncClient(trust_env=False) as http:
+            client = ModelGatesClient(settings, http)
+            return await client.poll("sim.completed", Secret("mg-ключ-secret"))
+
+    import asyncio
+
+    outcome = asyncio.run(poll())
+
+    assert outcome.kind == "error"
+    assert "ключ" not in outcome.reason
+    assert "secret" not in outcome.reason
