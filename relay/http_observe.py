@@ -13,6 +13,7 @@ import itertools
 import os
 import re
 import time
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import structlog
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from relay.stats import LATENCY_BUCKETS_S, bucket_field
+from relay.stats import LATENCY_BUCKETS_S
 
 log = structlog.get_logger(__name__)
 
@@ -31,18 +32,22 @@ _USABLE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 
 @dataclass
 class HttpMetrics:
-    """Request counts and duration histograms of this process."""
+    """Request counts and duration histograms of this process.
 
-    requests: Counter[tuple[str, str, str]] = field(default_factory=Counter)
-    buckets: Counter[tuple[str, str]] = field(default_factory=Counter)
+    Counts are kept by status hundred and bucket index, which are cheap to
+    compute per request; ``relay.metrics`` formats them when scraped.
+    """
+
+    requests: Counter[tuple[str, str, int]] = field(default_factory=Counter)
+    buckets: Counter[tuple[str, int]] = field(default_factory=Counter)
     sums: dict[str, float] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
 
     def observe(self, method: str, route: str, status: int, duration_s: float) -> None:
-        self.requests[(method, route, f"{status // 100}xx")] += 1
-        bucket = bucket_field(duration_s, LATENCY_BUCKETS_S)
-        if bucket is not None:
-            self.buckets[(route, bucket)] += 1
+        self.requests[(method, route, status // 100)] += 1
+        # The index of the first bound at or above the value; past the
+        # last bound it counts only in the total.
+        self.buckets[(route, bisect_left(LATENCY_BUCKETS_S, duration_s))] += 1
         self.sums[route] = self.sums.get(route, 0.0) + duration_s
         self.counts[route] += 1
 
@@ -90,9 +95,14 @@ def observe_requests(
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]
-                    headers = list(message.get("headers") or [])
-                    headers.append((REQUEST_ID_HEADER, request_id.encode()))
-                    message["headers"] = headers
+                    headers = message.get("headers")
+                    if isinstance(headers, list):
+                        headers.append((REQUEST_ID_HEADER, request_id.encode()))
+                    else:
+                        message["headers"] = [
+                            *(headers or ()),
+                            (REQUEST_ID_HEADER, request_id.encode()),
+                        ]
                 await send(message)
 
             try:

@@ -242,8 +242,8 @@ def process_families(http: HttpMetrics) -> list[Family]:
         "counter",
         "API requests this process served, by method, route and status class.",
     )
-    for (method, route, status_class), count in sorted(http.requests.items()):
-        requests.add(count, method=method, route=route, status_class=status_class)
+    for (method, route, hundred), count in sorted(http.requests.items()):
+        requests.add(count, method=method, route=route, status_class=f"{hundred}xx")
     durations = Family(
         "relay_http_request_duration_seconds",
         "histogram",
@@ -251,8 +251,8 @@ def process_families(http: HttpMetrics) -> list[Family]:
     )
     for route in sorted(http.counts):
         cumulative = 0
-        for bound in LATENCY_BUCKETS_S:
-            cumulative += http.buckets[(route, f"le:{bound:g}")]
+        for index, bound in enumerate(LATENCY_BUCKETS_S):
+            cumulative += http.buckets[(route, index)]
             durations.add(cumulative, "_bucket", route=route, le=f"{bound:g}")
         durations.add(http.counts[route], "_bucket", route=route, le="+Inf")
         durations.add(http.sums[route], "_sum", route=route)

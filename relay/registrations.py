@@ -304,7 +304,10 @@ def check_events(events: list[str] | None) -> tuple[str, ...]:
 
 def check_metadata(metadata: dict[str, Any] | None, max_bytes: int) -> str:
     """Return ``metadata`` as compact JSON if it fits in ``max_bytes``."""
-    depth = _nesting_depth(metadata or {})
+    if not metadata:
+        return "{}"
+    flat = not any(isinstance(value, dict | list) for value in metadata.values())
+    depth = 1 if flat else _nesting_depth(metadata)
     if depth > MAX_METADATA_DEPTH:
         raise InputError(
             "metadata",
@@ -312,7 +315,7 @@ def check_metadata(metadata: dict[str, Any] | None, max_bytes: int) -> str:
         )
     try:
         encoded = json.dumps(
-            metadata or {}, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            metadata, ensure_ascii=False, separators=(",", ":"), allow_nan=False
         )
     except ValueError:
         raise InputError(

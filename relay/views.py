@@ -154,7 +154,7 @@ def new_registration_view(
         job_id=request.job_id,
         callback_url=request.callback_url,
         events=list(request.events),
-        metadata=json.loads(request.metadata_json),
+        metadata=msgspec.json.decode(request.metadata_json),
         state="tracking",
         created_at=created_at,
         updated_at=created_at,
