@@ -29,6 +29,9 @@ _IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
 _EXTRA_BLOCKED = (
     ipaddress.ip_network("fec0::/10"),
     ipaddress.ip_network("64:ff9b:1::/48"),
+    # IETF protocol assignments. Some Python patch releases count parts of
+    # it as global; a webhook receiver never lives there.
+    ipaddress.ip_network("192.0.0.0/24"),
 )
 _LOCAL_NAMES = ("localhost", "localhost.localdomain")
 

@@ -262,3 +262,8 @@ def test_blocked_address_reason_accepts_iterator() -> None:
 def test_mapped_address_follows_its_ipv4_allowance() -> None:
     assert blocked_host_reason("::ffff:127.0.0.1", networks("127.0.0.0/8")) is None
     assert blocked_host_reason("::ffff:10.0.0.1", networks("127.0.0.0/8")) is not None
+
+
+@pytest.mark.parametrize("host", ["192.0.0.8", "192.0.0.9", "192.0.0.255"])
+def test_ietf_protocol_block_is_rejected(host: str) -> None:
+    assert blocked_host_reason(host) == f"{host} is not a public address"
