@@ -544,7 +544,7 @@ async def healthz() -> dict[str, str]:
 async def metrics(state: State) -> str:
     """Return fleet-wide metrics in the Prometheus text format.
 
-    When Redis is unreachable the page still answers 200, with
+    When Redis is unreachable the page still responds with 200, with
     ``relay_redis_up 0`` and this process's own request metrics.
     """
     return await relay_metrics.render(state.store, state.http_metrics)

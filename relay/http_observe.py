@@ -73,8 +73,8 @@ def observe_requests(
 ) -> Callable[[ASGIApp], ASGIApp]:
     """Return a middleware factory that observes every HTTP request.
 
-    With ``log_each`` it also writes one ``http.request`` line per request;
-    callers pass False when INFO lines are filtered anyway, because writing
+    With ``log_each`` it also writes one ``http.request`` line per request.
+    Callers pass False when INFO lines are filtered anyway, because writing
     that line cost about a tenth of a request's CPU.
     """
 

@@ -64,7 +64,7 @@ def _digest(data: bytes) -> str:
 
 
 class Idempotency:
-    """Claims, stores and replays answers under ``idem:{tenant}:{digest}``."""
+    """Claims, stores and replays responses under ``idem:{tenant}:{digest}``."""
 
     def __init__(self, client: aioredis.Redis, keys: Keys, ttl_s: float) -> None:
         self.client = client
@@ -75,7 +75,7 @@ class Idempotency:
         return self.keys.idempotency(tenant, _digest(header.encode()))
 
     async def claim(self, key: str, body: bytes) -> Replay | None:
-        """Claim ``key`` for this request, or return the answer stored under it.
+        """Claim ``key`` for this request, or return the response stored under it.
 
         Raises IdempotencyError when another body used the key, or when the
         first request is still running.
@@ -111,7 +111,7 @@ class Idempotency:
         return Replay(int(stored["status"]), stored["body"].encode())
 
     async def store(self, key: str, body: bytes, status: int, answer: bytes) -> None:
-        """Keep a successful answer for the key's lifetime."""
+        """Keep a successful response for the key's lifetime."""
         record = json.dumps(
             {
                 "state": "done",

@@ -5,7 +5,7 @@ workers add to (``relay.stats``); gauges are read from the schedules and
 heartbeats at scrape time. Label values come from fixed sets (outcomes,
 event types, status classes, tenant names that operators create), never
 from job IDs or URLs, so the series count stays bounded. When Redis cannot
-be read, the page still answers, with ``relay_redis_up 0`` and the
+be read, the page still responds, with ``relay_redis_up 0`` and the
 process's own HTTP metrics. ``collect`` returns the same figures as data for
 ``relay status``.
 """

@@ -1,4 +1,4 @@
-"""Errors as RFC 9457 problem+json responses, with messages that say what to fix."""
+"""Errors as RFC 9457 problem+json responses whose messages state what to fix."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def status_class(status_code: int | None) -> str:
 
 
 def bucket_field(value: float, bounds: Sequence[float]) -> str | None:
-    """Return the field of the first bucket that holds ``value``; None past the last."""
+    """Return the field of the bucket that counts ``value``; None past the last."""
     for bound in bounds:
         if value <= bound:
             return f"le:{bound:g}"

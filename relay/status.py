@@ -24,7 +24,7 @@ WINDOW_MINUTES = 60
 
 @dataclass(frozen=True)
 class Status:
-    """What ``relay status`` shows."""
+    """The figures that ``relay status`` shows."""
 
     workers_alive: int
     tracked_jobs: dict[str, int]

@@ -126,10 +126,12 @@ class Tenants:
         if tenant != DEFAULT_TENANT:
             signing_secret = generate_secret()
             sealed_secret = self.keyring.seal(signing_secret, _signing_context(tenant))
+
         key_id = secrets.token_hex(6)
         api_key = f"{API_KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
         now_ms = int(time.time() * 1000)
         keys = self.keys
+
         async with translate_errors(), self.client.pipeline(transaction=True) as pipe:
             pipe.sadd(keys.tenants, tenant)
             pipe.hsetnx(keys.tenant(tenant), "created_at_ms", now_ms)
@@ -145,6 +147,7 @@ class Tenants:
             )
             pipe.sadd(keys.api_keys, key_id)
             results = await pipe.execute()
+
         # The secret is shown only when this call stored it: a tenant that
         # existed keeps the secret it has.
         secret_stored = sealed_secret is not None and bool(results[2])
