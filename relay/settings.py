@@ -7,6 +7,7 @@ import binascii
 import ipaddress
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -91,7 +92,7 @@ class Settings:
         env = _Reader(os.environ if environ is None else environ)
         settings = cls(
             redis_url=_redis_url(env.text("REDIS_URL", cls.redis_url)),
-            key_prefix=env.text("RELAY_KEY_PREFIX", cls.key_prefix),
+            key_prefix=_key_prefix(env.text("RELAY_KEY_PREFIX", cls.key_prefix)),
             api_host=env.text("RELAY_API_HOST", cls.api_host),
             api_port=env.integer("RELAY_API_PORT", cls.api_port, low=1, high=65535),
             api_token=Secret(env.text("RELAY_API_TOKEN", "")),
@@ -296,12 +297,22 @@ class _Reader:
         networks = []
         for part in filter(None, (item.strip() for item in raw.split(","))):
             try:
-                networks.append(ipaddress.ip_network(part, strict=False))
+                network = ipaddress.ip_network(part, strict=False)
             except ValueError:
                 raise SettingsError(
                     f"{name} must be comma-separated CIDRs such as "
                     f"'127.0.0.0/8,::1/128', got {part!r}"
                 ) from None
+            try:
+                ipaddress.ip_network(part)
+            except ValueError:
+                # A typo such as 127.0.0.1/8 would silently allow the whole
+                # 127.0.0.0/8, so the operator must write what they mean.
+                raise SettingsError(
+                    f"{name}: {part!r} has host bits set; write {network} "
+                    "for that whole network"
+                ) from None
+            networks.append(network)
         return tuple(networks)
 
 
@@ -373,3 +384,16 @@ def _redis_url(url: str) -> str:
             f"got scheme {scheme!r}"
         )
     return url
+
+
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def _key_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is safe in Redis key patterns and queue names."""
+    if not _KEY_PREFIX.fullmatch(prefix):
+        raise SettingsError(
+            "RELAY_KEY_PREFIX must be 1 to 64 letters, digits, '_', '.', ':' or "
+            f"'-', such as 'relay:', got {prefix[:70]!r}"
+        )
+    return prefix

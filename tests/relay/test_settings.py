@@ -99,6 +99,9 @@ def test_signing_secret_rejects_invalid(secret: str, rule: str) -> None:
         ("RELAY_DELIVERY_RETRY_SCHEDULE_S", "5,-1", "non-negative delays"),
         ("RELAY_CALLBACK_ALLOW_CIDRS", "10.0.0.0/33", "got '10.0.0.0/33'"),
         ("RELAY_CALLBACK_ALLOW_CIDRS", "127.0.0.0/8,lan", "got 'lan'"),
+        ("RELAY_CALLBACK_ALLOW_CIDRS", "127.0.0.1/8", "write 127.0.0.0/8"),
+        ("RELAY_KEY_PREFIX", "nu*", "letters, digits"),
+        ("RELAY_KEY_PREFIX", "a b", "letters, digits"),
     ],
 )
 def test_settings_error_names_variable(name: str, raw: str, rule: str) -> None:
@@ -137,7 +140,7 @@ def test_log_level_ignores_case() -> None:
 
 def test_allow_cidrs_parses_networks() -> None:
     settings = Settings.from_env(
-        {"RELAY_CALLBACK_ALLOW_CIDRS": " 127.0.0.1/8 , ::1/128 ,"}
+        {"RELAY_CALLBACK_ALLOW_CIDRS": " 127.0.0.0/8 , ::1/128 ,"}
     )
 
     assert settings.callback_allow_cidrs == (
