@@ -8,7 +8,12 @@ from typing import Any
 import msgspec
 
 from relay.events import rfc3339_ms
-from relay.registrations import NewRegistration, decode_events
+from relay.registrations import (
+    STATUS_CHANGED,
+    NewRegistration,
+    decode_events,
+    status_event_id_for,
+)
 from relay.store import Store
 
 
@@ -67,6 +72,8 @@ class Registration(msgspec.Struct):
     upstream: Upstream
     delivery: Delivery | None = None
     reason: str | None = None
+    # The video.status_changed webhooks of a registration that asked for them.
+    status_deliveries: list[Delivery] = msgspec.field(default_factory=list)
 
 
 class RegistrationSummary(msgspec.Struct):
@@ -218,6 +225,7 @@ async def registration_view(
         updated_at=rfc3339_ms(int(row.get("updated_at_ms") or row["created_at_ms"])),
         upstream=upstream,
         delivery=await _delivery_view(store, row),
+        status_deliveries=await _status_deliveries(store, row),
         reason=row.get("reason") or None,
     )
 
@@ -240,12 +248,23 @@ def _upstream_view(tracker: dict[str, str] | None) -> Upstream:
 async def _delivery_view(store: Store, row: dict[str, str]) -> Delivery | None:
     if row["state"] in ("tracking", "filtered"):
         return None
-    event = await store.event(row["event_id"])
+    return await _event_delivery(store, row["event_id"])
+
+
+async def _status_deliveries(store: Store, row: dict[str, str]) -> list[Delivery]:
+    if STATUS_CHANGED not in decode_events(row["events"]):
+        return []
+    found = await _event_delivery(store, status_event_id_for(row["id"], "in_progress"))
+    return [found] if found is not None else []
+
+
+async def _event_delivery(store: Store, event_id: str) -> Delivery | None:
+    event = await store.event(event_id)
     if not event:
         return None
-    attempts = await store.attempts(row["event_id"], 1)
+    attempts = await store.attempts(event_id, 1)
     return Delivery(
-        event_id=row["event_id"],
+        event_id=event_id,
         event_type=event[b"type"].decode(),
         state=event[b"state"].decode(),
         attempts=int(event[b"attempts"]),

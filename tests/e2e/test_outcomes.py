@@ -104,3 +104,10 @@ def test_status_changed_is_sent_once_to_registrations_that_ask(
     assert status_change.payload["data"]["metadata"] == {"order": 8}
     webhook_ids = {d.headers["webhook-id"] for d in receiver.verified()}
     assert len(webhook_ids) == 3
+    view = api.get(f"/v1/registrations/{wanted.json()['id']}").json()
+    [status_delivery] = view["status_deliveries"]
+    assert status_delivery["event_type"] == "video.status_changed"
+    assert status_delivery["state"] == "delivered"
+    assert status_delivery["event_id"].endswith("_in_progress")
+    plain = api.get(f"/v1/registrations/{default.json()['id']}").json()
+    assert plain["status_deliveries"] == []
