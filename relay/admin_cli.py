@@ -150,7 +150,8 @@ async def _list_keys(tenants: Tenants, args: argparse.Namespace) -> None:
 async def _revoke_key(tenants: Tenants, args: argparse.Namespace) -> None:
     if not await tenants.revoke(args.key_id):
         raise TenantError(
-            f"no active key with ID {args.key_id[:32]!r}; see `relay keys list`"
+            f"key ID {args.key_id[:32]!r} not found or already revoked; "
+            "see `relay keys list`"
         )
     print(f"revoked {args.key_id}; API processes stop accepting it within 2 s")
 

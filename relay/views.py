@@ -172,17 +172,23 @@ def new_registration_view(
 def summary_view(row: dict[str, str]) -> RegistrationSummary:
     """Map a stored registration to its listed shape."""
     return RegistrationSummary(
-        id=row["id"],
-        job_id=row["job_id"],
-        callback_url=row["callback_url"],
-        events=decode_events(row["events"]),
-        metadata=json.loads(row["metadata"]),
-        state=row["state"],
-        created_at=rfc3339_ms(int(row["created_at_ms"])),
-        updated_at=rfc3339_ms(int(row.get("updated_at_ms") or row["created_at_ms"])),
-        event_type=row.get("event_type") or None,
-        reason=row.get("reason") or None,
+        **_stored_fields(row), event_type=row.get("event_type") or None
     )
+
+
+def _stored_fields(row: dict[str, str]) -> dict[str, Any]:
+    """Return the fields that the full and the listed shape share."""
+    return {
+        "id": row["id"],
+        "job_id": row["job_id"],
+        "callback_url": row["callback_url"],
+        "events": decode_events(row["events"]),
+        "metadata": json.loads(row["metadata"]),
+        "state": row["state"],
+        "created_at": rfc3339_ms(int(row["created_at_ms"])),
+        "updated_at": rfc3339_ms(int(row.get("updated_at_ms") or row["created_at_ms"])),
+        "reason": row.get("reason") or None,
+    }
 
 
 async def owned_registration(
@@ -215,18 +221,10 @@ async def registration_view(
             last_polled_at=rfc3339_ms(int(finished_at)) if finished_at else None,
         )
     return Registration(
-        id=row["id"],
-        job_id=row["job_id"],
-        callback_url=row["callback_url"],
-        events=decode_events(row["events"]),
-        metadata=json.loads(row["metadata"]),
-        state=row["state"],
-        created_at=rfc3339_ms(int(row["created_at_ms"])),
-        updated_at=rfc3339_ms(int(row.get("updated_at_ms") or row["created_at_ms"])),
+        **_stored_fields(row),
         upstream=upstream,
         delivery=await _delivery_view(store, row),
         status_deliveries=await _status_deliveries(store, row),
-        reason=row.get("reason") or None,
     )
 
 

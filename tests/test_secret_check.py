@@ -1,7 +1,7 @@
 """The secret check: it finds planted secrets in a real pytest run and reports where.
 
 Each run test starts pytest in a subprocess over a temporary project whose
-conftest installs the check, so the outer run's own check never sees the
+conftest installs the check, so the outer run's own check never reads the
 planted values.
 """
 

@@ -278,7 +278,7 @@ async def notify_status(
     snapshot: dict[str, Any],
     polls: int,
 ) -> None:
-    """Send ``video.status_changed`` to the registrations that asked for it.
+    """Send ``video.status_changed`` to the registrations that list it.
 
     The script creates the events at most once per tracker and status, so a
     repeated or racing poll sends nothing twice.

@@ -60,14 +60,14 @@ def test_outcome_delivers_one_webhook(
     assert view["delivery"]["event_type"] == event_type
 
 
-def test_status_changed_is_sent_once_to_registrations_that_ask(
+def test_status_changed_sent_once(
     api: httpx.Client,
     worker: object,
     sim: SimulatorAdmin,
     receiver: WebhookReceiver,
 ) -> None:
     job_id = sim.job("pending*2", "in_progress*4", "completed")
-    wanted = api.post(
+    opted_in = api.post(
         "/v1/registrations",
         json={
             "job_id": job_id,
@@ -80,12 +80,12 @@ def test_status_changed_is_sent_once_to_registrations_that_ask(
         "/v1/registrations",
         json={"job_id": job_id, "callback_url": receiver.url("/default")},
     )
-    assert wanted.status_code == 201, wanted.text
+    assert opted_in.status_code == 201, opted_in.text
     assert default.status_code == 201, default.text
-    assert wanted.json()["events"] == ["video.status_changed", "video.completed"]
+    assert opted_in.json()["events"] == ["video.status_changed", "video.completed"]
 
     deliveries = receiver.wait_for(3, timeout_s=20)
-    wait_for_state(api, wanted.json()["id"], "delivered")
+    wait_for_state(api, opted_in.json()["id"], "delivered")
     wait_for_state(api, default.json()["id"], "delivered")
 
     by_path: dict[str, list[str]] = {}
@@ -104,7 +104,7 @@ def test_status_changed_is_sent_once_to_registrations_that_ask(
     assert status_change.payload["data"]["metadata"] == {"order": 8}
     webhook_ids = {d.headers["webhook-id"] for d in receiver.verified()}
     assert len(webhook_ids) == 3
-    view = api.get(f"/v1/registrations/{wanted.json()['id']}").json()
+    view = api.get(f"/v1/registrations/{opted_in.json()['id']}").json()
     [status_delivery] = view["status_deliveries"]
     assert status_delivery["event_type"] == "video.status_changed"
     assert status_delivery["state"] == "delivered"

@@ -335,7 +335,7 @@ def test_video_url_keeps_one_segment() -> None:
     assert url.raw_path == b"/api/v1/videos/x%3Ay%2Az"
 
 
-def test_poll_with_unsendable_key_is_an_error_without_the_key(
+def test_unsendable_key_poll_hides_key(
     simulator_url: str,
 ) -> None:
     from relay.settings import Secret, Settings
